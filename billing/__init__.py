@@ -1,0 +1,1 @@
+"""Billing domain and storage for Prepaid AAA."""

@@ -1,0 +1,69 @@
+"""The session service: what the RADIUS layer calls (authorize, account, reap).
+
+It composes the database store (money, cards, calls) with the live state (PIN-failure counters
+and lockouts). Throttling lives here, not in the wire layer: a source (calling number or NAS)
+that sends too many wrong PINs within the window is locked out for a while, and while it is, its
+requests are refused without touching the database.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from billing.calls import AcctEvent, AcctResult, AuthRequest, AuthResult, Rejected
+from billing.domain import RejectReason
+from billing.storage.live import LiveState
+from billing.storage.store import ReapResult, Store
+
+GUESS_REASONS = frozenset(
+    {RejectReason.UNKNOWN_ACCOUNT, RejectReason.INVALID_PASSWORD, RejectReason.INVALID_CARD_NUMBER}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ThrottlePolicy:
+    ani_failure_limit: int = 5
+    nas_failure_limit: int = 50
+    window_seconds: int = 300
+    lockout_seconds: int = 900
+
+
+class SessionService:
+    def __init__(self, store: Store, live: LiveState, throttle: ThrottlePolicy) -> None:
+        self.store = store
+        self.live = live
+        self.throttle = throttle
+
+    def _sources(self, req: AuthRequest) -> list[tuple[str, int]]:
+        sources = [(f"nas:{req.nas_id}", self.throttle.nas_failure_limit)]
+        if req.calling_number:
+            sources.insert(0, (f"ani:{req.calling_number}", self.throttle.ani_failure_limit))
+        return sources
+
+    def authorize(self, req: AuthRequest, now: datetime) -> AuthResult:
+        sources = self._sources(req)
+        for key, _ in sources:
+            if self.live.is_locked_out(key):
+                return Rejected(RejectReason.RETRIES_EXCEEDED)
+        result = self.store.authorize(req, now)
+        if isinstance(result, Rejected) and result.reason in GUESS_REASONS:
+            if result.reason == RejectReason.UNKNOWN_ACCOUNT and not req.password and not (
+                req.user_name and req.user_name != req.calling_number
+            ):
+                # An unbound caller with no PIN yet is ordinary traffic, not a guess.
+                return result
+            for key, limit in sources:
+                if self.live.count_failure(key, self.throttle.window_seconds) >= limit:
+                    self.live.lock_out(key, self.throttle.lockout_seconds)
+                    self.live.reset_failures(key)
+                    self.store.record_security_event("lockout", req.nas_id, req.calling_number, now)
+        elif not isinstance(result, Rejected) and req.calling_number:
+            self.live.reset_failures(f"ani:{req.calling_number}")
+        return result
+
+    def account(self, event: AcctEvent, now: datetime) -> AcctResult:
+        return self.store.account(event, now)
+
+    def reap(self, now: datetime) -> ReapResult:
+        return self.store.reap(now)

@@ -1,0 +1,190 @@
+"""Live state: short-lived facts shared by the server's request handlers.
+
+Two adapters with one interface:
+
+* :class:`InProcessLiveState` — the embedded default, for a single server process. Time comes
+  from an injected clock (the reactor's ``seconds``), so tests drive it with ``task.Clock``.
+* :class:`RedisLiveState` — production: shared by every process and host, with TTLs in Redis.
+
+What lives here: the reply cache for retransmissions, and PIN-failure counters and lockouts.
+Money never lives here: reservations and exactly-once keys are in the database, so losing this
+state can cost a replayed reply or a forgotten failure count, never money.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Protocol
+
+import redis
+
+
+class LiveState(Protocol):
+    def reply_get(self, key: str) -> bytes | None: ...
+
+    def reply_put(self, key: str, data: bytes, ttl_seconds: float) -> None: ...
+
+    def count_failure(self, key: str, window_seconds: int) -> int: ...
+
+    def reset_failures(self, key: str) -> None: ...
+
+    def lock_out(self, key: str, seconds: int) -> None: ...
+
+    def is_locked_out(self, key: str) -> bool: ...
+
+    def ping(self) -> bool: ...
+
+
+class InProcessLiveState:
+    """Dictionaries with expiry times, guarded by one lock (handlers run on worker threads)."""
+
+    def __init__(self, clock: Callable[[], float], max_replies: int = 100_000) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._replies: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+        self._failures: dict[str, tuple[float, int]] = {}
+        self._lockouts: dict[str, float] = {}
+        self._max_replies = max_replies
+
+    def reply_get(self, key: str) -> bytes | None:
+        with self._lock:
+            entry = self._replies.get(key)
+            if entry is None:
+                return None
+            if entry[0] <= self._clock():
+                del self._replies[key]
+                return None
+            return entry[1]
+
+    def reply_put(self, key: str, data: bytes, ttl_seconds: float) -> None:
+        now = self._clock()
+        with self._lock:
+            self._replies[key] = (now + ttl_seconds, data)
+            self._replies.move_to_end(key)
+            # Entries are appended in time order with one TTL, so expired ones sit at the front.
+            while self._replies:
+                first_key, (expires, _) = next(iter(self._replies.items()))
+                if expires > now and len(self._replies) <= self._max_replies:
+                    break
+                del self._replies[first_key]
+
+    def count_failure(self, key: str, window_seconds: int) -> int:
+        now = self._clock()
+        with self._lock:
+            expires, count = self._failures.get(key, (0.0, 0))
+            if expires <= now:
+                expires, count = now + window_seconds, 0
+            count += 1
+            self._failures[key] = (expires, count)
+            if len(self._failures) > 100_000:
+                self._failures = {k: v for k, v in self._failures.items() if v[0] > now}
+            return count
+
+    def reset_failures(self, key: str) -> None:
+        with self._lock:
+            self._failures.pop(key, None)
+
+    def lock_out(self, key: str, seconds: int) -> None:
+        with self._lock:
+            self._lockouts[key] = self._clock() + seconds
+
+    def is_locked_out(self, key: str) -> bool:
+        with self._lock:
+            until = self._lockouts.get(key)
+            if until is None:
+                return False
+            if until <= self._clock():
+                del self._lockouts[key]
+                return False
+            return True
+
+    def ping(self) -> bool:
+        return True
+
+
+class RedisLiveState:
+    """The same facts in Redis, each key with a TTL, shared by every server process."""
+
+    def __init__(self, url: str, prefix: str = "paaa:") -> None:
+        self._redis = redis.Redis.from_url(
+            url, socket_timeout=0.5, socket_connect_timeout=0.5, health_check_interval=30
+        )
+        self._prefix = prefix
+
+    def _k(self, kind: str, key: str) -> str:
+        return f"{self._prefix}{kind}:{key}"
+
+    def reply_get(self, key: str) -> bytes | None:
+        value = self._redis.get(self._k("reply", key))
+        return value if isinstance(value, bytes) else None
+
+    def reply_put(self, key: str, data: bytes, ttl_seconds: float) -> None:
+        self._redis.set(self._k("reply", key), data, px=max(1, int(ttl_seconds * 1000)))
+
+    def count_failure(self, key: str, window_seconds: int) -> int:
+        name = self._k("fail", key)
+        pipe = self._redis.pipeline()
+        pipe.incr(name)
+        pipe.expire(name, window_seconds, nx=True)
+        count, _ = pipe.execute()
+        return int(count)
+
+    def reset_failures(self, key: str) -> None:
+        self._redis.delete(self._k("fail", key))
+
+    def lock_out(self, key: str, seconds: int) -> None:
+        self._redis.set(self._k("lockout", key), b"1", ex=seconds)
+
+    def is_locked_out(self, key: str) -> bool:
+        return bool(self._redis.exists(self._k("lockout", key)))
+
+    def ping(self) -> bool:
+        return bool(self._redis.ping())
+
+
+class FallbackLiveState:
+    """Redis first; while Redis is unreachable, this process's own state, so service goes on.
+
+    ``on_error`` is told of each failure (for logs and metrics). What falls back is only
+    throttling state and replay: money is in the database either way.
+    """
+
+    def __init__(
+        self,
+        primary: LiveState,
+        fallback: LiveState,
+        on_error: Callable[[Exception], None],
+    ) -> None:
+        self._primary = primary
+        self._fallback = fallback
+        self._on_error = on_error
+
+    def _call(self, name: str, *args: object) -> object:
+        try:
+            return getattr(self._primary, name)(*args)
+        except redis.RedisError as exc:
+            self._on_error(exc)
+            return getattr(self._fallback, name)(*args)
+
+    def reply_get(self, key: str) -> bytes | None:
+        return self._call("reply_get", key)  # type: ignore[return-value]
+
+    def reply_put(self, key: str, data: bytes, ttl_seconds: float) -> None:
+        self._call("reply_put", key, data, ttl_seconds)
+
+    def count_failure(self, key: str, window_seconds: int) -> int:
+        return self._call("count_failure", key, window_seconds)  # type: ignore[return-value]
+
+    def reset_failures(self, key: str) -> None:
+        self._call("reset_failures", key)
+
+    def lock_out(self, key: str, seconds: int) -> None:
+        self._call("lock_out", key, seconds)
+
+    def is_locked_out(self, key: str) -> bool:
+        return self._call("is_locked_out", key)  # type: ignore[return-value]
+
+    def ping(self) -> bool:
+        return self._primary.ping()

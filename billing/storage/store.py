@@ -1,0 +1,653 @@
+"""The server's transactions: authorize a call, account for it, reap stale calls.
+
+Each public method is one database transaction. Money decisions are made by the pure domain
+(:func:`billing.domain.decide`, :mod:`billing.rating`) on snapshots read inside the transaction
+that holds the card's row lock, so concurrent requests on one card — in this process or any
+other — are serialized by the database and can never spend the same money twice.
+
+Exactly once: a call's CDR has a unique ``call_key`` (the authorization token, or a key derived
+from the NAS's session identifiers) and a finished call's live-session row stays ``closed`` for
+``closed_session_retention_days``; a Stop that finds its call closed is acknowledged and ignored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from billing.calls import (
+    Accepted,
+    AcctEvent,
+    AcctResult,
+    AcctStatus,
+    AuthRequest,
+    AuthResult,
+    Nas,
+    Rejected,
+)
+from billing.domain import (
+    ActivationMode,
+    CardSnapshot,
+    CardState,
+    CardType,
+    Grant,
+    Limits,
+    RejectReason,
+    decide,
+)
+from billing.money import ZERO, round_money
+from billing.pins import looks_like_pin, make_pin_hasher
+from billing.rating import Rate, billed_seconds, cost
+from billing.storage.database import Database
+from billing.storage.models import (
+    BindNumber,
+    Card,
+    Cdr,
+    LedgerEntry,
+    LiveSession,
+    NasClient,
+    SecurityEvent,
+)
+from billing.storage.rates import find_rate, rate_from_row
+
+OPEN_STATES = ("authorized", "started")
+
+
+@dataclass(frozen=True, slots=True)
+class SecurityPolicy:
+    card_failure_limit: int = 5
+
+
+@dataclass(frozen=True, slots=True)
+class SessionPolicy:
+    start_timeout_seconds: int = 120
+    stale_margin_seconds: int = 300
+    closed_session_retention_days: int = 30
+
+
+@dataclass(frozen=True, slots=True)
+class Identified:
+    card_id: int | None
+    method: str  # pin, card, ani
+    failure: RejectReason | None = None  # a wrong PIN, an unknown card, ...
+    counts_as_guess: bool = False  # a failure that a PIN guesser would cause
+    serial: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReapResult:
+    released: int  # grants that never saw a Start
+    closed: int  # started calls with no news, billed from the last progress
+    purged: int  # finished calls past the retention period
+
+
+def _card_snapshot(card: Card) -> CardSnapshot:
+    return CardSnapshot(
+        card_id=card.id,
+        serial=str(card.serial),
+        card_type=CardType(card.card_type),
+        state=CardState(card.state),
+        locked=card.locked,
+        balance=card.balance,
+        max_calls=card.max_calls,
+        activation_mode=ActivationMode(card.activation_mode),
+        validity_days=card.validity_days,
+        expires_at=card.expires_at,
+        first_used_at=card.first_used_at,
+        currency=card.currency,
+    )
+
+
+def _rate_of(session: LiveSession) -> Rate:
+    return Rate(
+        prefix=session.rate_prefix,
+        price_per_minute=session.price_per_minute,
+        connection_fee=session.connection_fee,
+        first_increment=session.first_increment,
+        next_increment=session.next_increment,
+        grace_seconds=session.grace_seconds,
+    )
+
+
+def session_key(nas_id: int, boot_epoch: int, acct_session_id: str | None, conf_id: str | None) -> str | None:
+    """The NAS's own identity of a call: NAS, its boot epoch and Acct-Session-Id (else conf id).
+
+    The boot epoch changes on Accounting-On/Off, so a rebooted NAS that reuses an
+    Acct-Session-Id starts a new call instead of colliding with an old one.
+    """
+    ident = acct_session_id or conf_id
+    if not ident:
+        return None
+    raw = f"{nas_id}\x1f{boot_epoch}\x1f{ident}".encode()
+    return hashlib.sha256(raw).hexdigest()
+
+
+class Store:
+    def __init__(
+        self,
+        db: Database,
+        pin_key: bytes,
+        limits: Limits,
+        security: SecurityPolicy,
+        sessions: SessionPolicy,
+        token_factory: Callable[[], str] = lambda: secrets.token_hex(16),
+    ) -> None:
+        self.db = db
+        self._hash_pin = make_pin_hasher(pin_key)
+        self.limits = limits
+        self.security = security
+        self.sessions = sessions
+        self._new_token = token_factory
+
+    # ------------------------------------------------------------------ NAS clients
+    def load_nas_clients(self) -> list[Nas]:
+        with self.db.transaction() as s:
+            rows = s.scalars(select(NasClient).order_by(NasClient.id)).all()
+            return [
+                Nas(
+                    id=r.id,
+                    name=r.name,
+                    address=r.address,
+                    secret=r.secret.encode(),
+                    profile=r.profile,
+                    require_message_authenticator=r.require_message_authenticator,
+                    message_authenticator_seen=r.message_authenticator_seen,
+                )
+                for r in rows
+            ]
+
+    def mark_message_authenticator_seen(self, nas_id: int) -> None:
+        with self.db.transaction() as s:
+            s.execute(
+                update(NasClient)
+                .where(NasClient.id == nas_id)
+                .values(message_authenticator_seen=True)
+            )
+
+    def record_security_event(
+        self, kind: str, nas_id: int | None, calling_number: str, now: datetime
+    ) -> None:
+        with self.db.transaction() as s:
+            s.add(
+                SecurityEvent(
+                    kind=kind, nas_id=nas_id, calling_number=calling_number, created_at=now
+                )
+            )
+
+    # ------------------------------------------------------------------ authorization
+    def _identify(self, s: Session, req: AuthRequest, now: datetime) -> Identified:
+        user = req.user_name.strip()
+        if req.calling_number and (not user or user == req.calling_number):
+            card_id = s.scalar(select(BindNumber.card_id).where(BindNumber.ani == req.calling_number))
+            if card_id is not None:
+                return Identified(card_id, "ani")
+            if not user or req.password in (None, "", user):
+                return Identified(None, "ani", RejectReason.UNKNOWN_ACCOUNT)
+        if not user:
+            return Identified(None, "pin", RejectReason.UNKNOWN_ACCOUNT)
+        password = req.password or ""
+        if password in ("", user):
+            if not looks_like_pin(user):
+                return Identified(None, "pin", RejectReason.UNKNOWN_ACCOUNT, counts_as_guess=True)
+            card_id = s.scalar(select(Card.id).where(Card.pin_hash == self._hash_pin(user)))
+            if card_id is None:
+                return Identified(None, "pin", RejectReason.UNKNOWN_ACCOUNT, counts_as_guess=True)
+            return Identified(card_id, "pin")
+        # Card number + PIN.
+        if not user.isdigit() or len(user) > 18:
+            return Identified(None, "card", RejectReason.INVALID_CARD_NUMBER, counts_as_guess=True)
+        card = s.scalars(select(Card).where(Card.serial == int(user)).with_for_update()).first()
+        if card is None:
+            return Identified(None, "card", RejectReason.INVALID_CARD_NUMBER, counts_as_guess=True)
+        if card.pin_hash != self._hash_pin(password):
+            card.failed_pin_count += 1
+            kind = "wrong-pin"
+            if card.failed_pin_count >= self.security.card_failure_limit and not card.locked:
+                card.locked = True
+                card.lock_reason = "pin-attack"
+                kind = "card-locked"
+            s.add(
+                SecurityEvent(
+                    kind=kind,
+                    nas_id=req.nas_id,
+                    calling_number=req.calling_number,
+                    card_id=card.id,
+                    created_at=now,
+                )
+            )
+            return Identified(
+                card.id, "card", RejectReason.INVALID_PASSWORD, True, serial=str(card.serial)
+            )
+        return Identified(card.id, "card", serial=str(card.serial))
+
+    def authorize(self, req: AuthRequest, now: datetime) -> AuthResult:
+        """Identify the card, decide, and reserve the grant — one transaction."""
+        with self.db.transaction() as s:
+            ident = self._identify(s, req, now)
+            if ident.failure is not None:
+                if ident.counts_as_guess and ident.failure != RejectReason.INVALID_PASSWORD:
+                    s.add(
+                        SecurityEvent(
+                            kind="unknown-pin",
+                            nas_id=req.nas_id,
+                            calling_number=req.calling_number,
+                            created_at=now,
+                        )
+                    )
+                return Rejected(ident.failure, ident.serial)
+            assert ident.card_id is not None
+            card = s.scalars(select(Card).where(Card.id == ident.card_id).with_for_update()).one()
+            if ident.method == "card" and card.failed_pin_count:
+                card.failed_pin_count = 0
+            open_calls = s.execute(
+                select(func.count(LiveSession.id), func.coalesce(func.sum(LiveSession.reserved_amount), 0))
+                .where(LiveSession.card_id == card.id)
+                .where(LiveSession.state.in_(OPEN_STATES))
+                .where(LiveSession.deadline_at > now)
+            ).one()
+            rate_row = find_rate(s, card.rate_group_id, req.called_number) if req.called_number else None
+            rate = rate_from_row(rate_row) if rate_row is not None else None
+            decision = decide(
+                _card_snapshot(card),
+                rate,
+                live_calls=int(open_calls[0]),
+                reserved_by_others=Decimal(open_calls[1]),
+                now=now,
+                limits=self.limits,
+            )
+            serial = str(card.serial)
+            if not isinstance(decision, Grant):
+                return Rejected(decision.reason, serial)
+            token = self._new_token()
+            s.add(
+                LiveSession(
+                    token=token,
+                    session_key=None,
+                    card_id=card.id,
+                    nas_id=req.nas_id,
+                    state="authorized",
+                    auth_method=ident.method,
+                    acct_session_id=req.acct_session_id,
+                    conf_id=req.conf_id,
+                    calling_number=req.calling_number,
+                    called_number=req.called_number,
+                    rate_prefix=decision.rate.prefix,
+                    price_per_minute=decision.rate.price_per_minute,
+                    connection_fee=decision.rate.connection_fee,
+                    first_increment=decision.rate.first_increment,
+                    next_increment=decision.rate.next_increment,
+                    grace_seconds=decision.rate.grace_seconds,
+                    granted_seconds=decision.seconds,
+                    reserved_amount=decision.reserved_amount,
+                    session_seconds=0,
+                    authorized_at=now,
+                    last_update_at=now,
+                    deadline_at=now + timedelta(seconds=self.sessions.start_timeout_seconds),
+                )
+            )
+            return Accepted(
+                token=token,
+                serial=serial,
+                session_seconds=decision.seconds,
+                available_amount=decision.available_amount,
+                currency=card.currency,
+                auth_method=ident.method,
+            )
+
+    # ------------------------------------------------------------------ accounting
+    def account(self, ev: AcctEvent, now: datetime) -> AcctResult:
+        """Apply one accounting event; safe to call again with the same event (retries)."""
+        for attempt in range(3):
+            try:
+                return self._account_once(ev, now)
+            except IntegrityError:
+                # Another process opened or billed the same call at the same moment: the
+                # unique keys refused the second copy. Run again; it now finds the call.
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _account_once(self, ev: AcctEvent, now: datetime) -> AcctResult:
+        with self.db.transaction() as s:
+            nas = s.get(NasClient, ev.nas_id)
+            epoch = nas.boot_epoch if nas is not None else 0
+            if ev.status in (AcctStatus.ACCOUNTING_ON, AcctStatus.ACCOUNTING_OFF):
+                return self._nas_restarted(s, ev, now)
+            key = session_key(ev.nas_id, epoch, ev.acct_session_id, ev.conf_id)
+            if ev.leg == "other":
+                return self._other_leg(s, ev, key, now)
+            live = self._find_call(s, ev, key)
+            if live is None:
+                if key is not None and s.scalar(select(Cdr.id).where(Cdr.session_key == key)):
+                    # Billed long ago; its live row is already purged.
+                    return AcctResult("duplicate")
+                live = self._open_unauthorized(s, ev, key, now)
+                if live is None:
+                    return AcctResult("unmatched")
+            card = s.scalars(select(Card).where(Card.id == live.card_id).with_for_update()).one()
+            s.refresh(live, with_for_update=True)
+            if live.state == "closed":
+                return AcctResult("duplicate", str(card.serial))
+            if live.session_key is None and key is not None:
+                live.session_key = key
+            if live.acct_session_id is None:
+                live.acct_session_id = ev.acct_session_id
+            if live.conf_id is None:
+                live.conf_id = ev.conf_id
+            if ev.status == AcctStatus.STOP:
+                cdr_cost = self._close(s, live, card, ev, now, "stop")
+                return AcctResult("billed", str(card.serial), cdr_cost)
+            self._mark_started(live, card, ev, now)
+            if ev.status == AcctStatus.INTERIM and ev.session_seconds is not None:
+                live.session_seconds = max(live.session_seconds, ev.session_seconds)
+            remaining = max(0, live.granted_seconds - live.session_seconds)
+            live.last_update_at = now
+            live.deadline_at = now + timedelta(
+                seconds=remaining + self.sessions.stale_margin_seconds
+            )
+            return AcctResult("started" if ev.status == AcctStatus.START else "updated", str(card.serial))
+
+    def _find_call(self, s: Session, ev: AcctEvent, key: str | None) -> LiveSession | None:
+        if ev.token:
+            found = s.scalars(select(LiveSession).where(LiveSession.token == ev.token)).first()
+            if found is not None:
+                return found
+        if key is not None:
+            found = s.scalars(select(LiveSession).where(LiveSession.session_key == key)).first()
+            if found is not None:
+                return found
+        # A grant not yet tied to accounting: match the NAS's identifiers sent at authorization.
+        for column, value in (
+            (LiveSession.acct_session_id, ev.acct_session_id),
+            (LiveSession.conf_id, ev.conf_id),
+        ):
+            if value:
+                found = s.scalars(
+                    select(LiveSession)
+                    .where(LiveSession.nas_id == ev.nas_id)
+                    .where(LiveSession.state == "authorized")
+                    .where(LiveSession.session_key.is_(None))
+                    .where(column == value)
+                    .order_by(LiveSession.id.desc())
+                ).first()
+                if found is not None:
+                    return found
+        if ev.called_number:
+            # Last resort for a NAS that echoes nothing: its most recent open grant for the same
+            # caller and destination.
+            return s.scalars(
+                select(LiveSession)
+                .where(LiveSession.nas_id == ev.nas_id)
+                .where(LiveSession.state == "authorized")
+                .where(LiveSession.session_key.is_(None))
+                .where(LiveSession.calling_number == ev.calling_number)
+                .where(LiveSession.called_number == ev.called_number)
+                .order_by(LiveSession.id.desc())
+            ).first()
+        return None
+
+    def _card_for_accounting(self, s: Session, ev: AcctEvent) -> Card | None:
+        """Who pays for a call that was never authorized here (Stop without any grant)."""
+        user = ev.user_name.strip()
+        if ev.calling_number and (not user or user == ev.calling_number):
+            card_id = s.scalar(select(BindNumber.card_id).where(BindNumber.ani == ev.calling_number))
+            if card_id is not None:
+                return s.get(Card, card_id)
+        if user and looks_like_pin(user):
+            card = s.scalars(select(Card).where(Card.pin_hash == self._hash_pin(user))).first()
+            if card is not None:
+                return card
+        if user.isdigit() and len(user) <= 18:
+            return s.scalars(select(Card).where(Card.serial == int(user))).first()
+        return None
+
+    def _open_unauthorized(
+        self, s: Session, ev: AcctEvent, key: str | None, now: datetime
+    ) -> LiveSession | None:
+        """Open a call the server never authorized (lost grant, other server, reaped grant).
+
+        It is rated at today's rate for its destination and flagged as over its (zero) grant.
+        """
+        if key is None:
+            return None
+        card = self._card_for_accounting(s, ev)
+        if card is None:
+            return None
+        rate_row = find_rate(s, card.rate_group_id, ev.called_number) if ev.called_number else None
+        live = LiveSession(
+            token=key,
+            session_key=key,
+            card_id=card.id,
+            nas_id=ev.nas_id,
+            state="authorized",
+            auth_method="none",
+            acct_session_id=ev.acct_session_id,
+            conf_id=ev.conf_id,
+            calling_number=ev.calling_number,
+            called_number=ev.called_number,
+            rate_prefix=rate_row.prefix if rate_row else "",
+            price_per_minute=rate_row.price_per_minute if rate_row else ZERO,
+            connection_fee=rate_row.connection_fee if rate_row else ZERO,
+            first_increment=rate_row.first_increment if rate_row else 1,
+            next_increment=rate_row.next_increment if rate_row else 1,
+            grace_seconds=rate_row.grace_seconds if rate_row else 0,
+            granted_seconds=0,
+            reserved_amount=ZERO,
+            session_seconds=0,
+            authorized_at=ev.event_at,
+            last_update_at=now,
+            deadline_at=now + timedelta(seconds=self.sessions.stale_margin_seconds),
+        )
+        s.add(live)
+        s.flush()
+        return live
+
+    def _mark_started(self, live: LiveSession, card: Card, ev: AcctEvent, now: datetime) -> None:
+        if live.state != "started":
+            live.state = "started"
+        if live.started_at is None:
+            started = ev.event_at
+            if ev.status != AcctStatus.START and ev.session_seconds:
+                started = ev.event_at - timedelta(seconds=ev.session_seconds)
+            live.started_at = started
+            self._first_use(card, started)
+
+    def _first_use(self, card: Card, started_at: datetime) -> None:
+        """The card's first call starts its validity period (and activates first-use cards)."""
+        if card.first_used_at is not None:
+            return
+        card.first_used_at = started_at
+        if card.validity_days:
+            from_first_use = started_at + timedelta(days=card.validity_days)
+            if card.expires_at is None or from_first_use < card.expires_at:
+                card.expires_at = from_first_use
+        if card.state == CardState.INACTIVE:
+            card.state = CardState.ACTIVE.value
+            card.activated_at = started_at
+
+    def _close(
+        self,
+        s: Session,
+        live: LiveSession,
+        card: Card,
+        ev: AcctEvent | None,
+        now: datetime,
+        reason: str,
+    ) -> Decimal:
+        """Rate, debit, write the CDR and the ledger entry, release the reservation."""
+        seconds = live.session_seconds
+        stopped_at = ev.event_at if ev is not None else now
+        if ev is not None and ev.session_seconds is not None:
+            seconds = max(seconds, ev.session_seconds)
+        elif ev is not None and live.started_at is not None:
+            seconds = max(seconds, int((stopped_at - live.started_at).total_seconds()))
+        seconds = max(0, seconds)
+        started_at = live.started_at or (stopped_at - timedelta(seconds=seconds))
+        if live.started_at is None:
+            live.started_at = started_at
+            self._first_use(card, started_at)
+        rate = _rate_of(live)
+        billed = billed_seconds(rate, seconds)
+        unlimited = card.card_type == CardType.UNLIMITED
+        call_cost = round_money(ZERO, self.limits.places) if unlimited else cost(rate, seconds, self.limits.places)
+        card.balance = round_money(card.balance - call_cost, self.limits.places)
+        cdr = Cdr(
+            call_key=live.token,
+            session_key=live.session_key,
+            card_id=card.id,
+            nas_id=live.nas_id,
+            acct_session_id=live.acct_session_id,
+            conf_id=live.conf_id,
+            leg="billed",
+            auth_method=live.auth_method,
+            calling_number=live.calling_number or (ev.calling_number if ev else ""),
+            called_number=live.called_number or (ev.called_number if ev else ""),
+            rate_prefix=live.rate_prefix,
+            price_per_minute=live.price_per_minute,
+            connection_fee=live.connection_fee,
+            started_at=started_at,
+            stopped_at=stopped_at,
+            duration_seconds=seconds,
+            billed_seconds=billed,
+            granted_seconds=live.granted_seconds,
+            cost=call_cost,
+            balance_after=card.balance,
+            over_grant=seconds > live.granted_seconds,
+            close_reason=reason,
+            terminate_cause=ev.terminate_cause if ev is not None else None,
+            created_at=now,
+        )
+        s.add(cdr)
+        s.flush()
+        if call_cost != 0:
+            s.add(
+                LedgerEntry(
+                    card_id=card.id,
+                    kind="call",
+                    amount=-call_cost,
+                    balance_after=card.balance,
+                    cdr_id=cdr.id,
+                    note="",
+                    created_at=now,
+                )
+            )
+        live.state = "closed"
+        live.session_seconds = seconds
+        live.closed_at = now
+        live.last_update_at = now
+        live.reserved_amount = ZERO
+        if card.card_type == CardType.DISPOSABLE and seconds > 0:
+            card.state = CardState.RETIRED.value
+        elif card.card_type == CardType.STANDARD and card.balance <= 0:
+            card.state = CardState.EXHAUSTED.value
+        return call_cost
+
+    def _other_leg(self, s: Session, ev: AcctEvent, key: str | None, now: datetime) -> AcctResult:
+        """The leg a multi-leg profile does not bill: a zero-cost record of its Stop, once."""
+        if ev.status != AcctStatus.STOP or key is None:
+            return AcctResult("leg")
+        if s.scalar(select(Cdr.id).where(Cdr.call_key == key)) is not None:
+            return AcctResult("duplicate")
+        billed = None
+        if ev.token:
+            billed = s.scalars(select(LiveSession).where(LiveSession.token == ev.token)).first()
+        if billed is None and ev.conf_id:
+            billed = s.scalars(
+                select(LiveSession)
+                .where(LiveSession.nas_id == ev.nas_id)
+                .where(LiveSession.conf_id == ev.conf_id)
+                .order_by(LiveSession.id.desc())
+            ).first()
+        card = s.get(Card, billed.card_id) if billed is not None else self._card_for_accounting(s, ev)
+        if card is None:
+            return AcctResult("unmatched")
+        seconds = ev.session_seconds or 0
+        s.add(
+            Cdr(
+                call_key=key,
+                card_id=card.id,
+                nas_id=ev.nas_id,
+                acct_session_id=ev.acct_session_id,
+                conf_id=ev.conf_id,
+                leg="other",
+                auth_method=billed.auth_method if billed else "none",
+                calling_number=ev.calling_number,
+                called_number=ev.called_number,
+                rate_prefix=billed.rate_prefix if billed else "",
+                price_per_minute=ZERO,
+                connection_fee=ZERO,
+                started_at=ev.event_at - timedelta(seconds=seconds),
+                stopped_at=ev.event_at,
+                duration_seconds=seconds,
+                billed_seconds=0,
+                granted_seconds=billed.granted_seconds if billed else 0,
+                cost=round_money(ZERO, self.limits.places),
+                balance_after=card.balance,
+                over_grant=False,
+                close_reason="stop",
+                terminate_cause=ev.terminate_cause,
+                created_at=now,
+            )
+        )
+        return AcctResult("leg", str(card.serial))
+
+    def _nas_restarted(self, s: Session, ev: AcctEvent, now: datetime) -> AcctResult:
+        """Accounting-On/Off: the NAS lost its calls. Close them from what is known."""
+        s.execute(
+            update(NasClient)
+            .where(NasClient.id == ev.nas_id)
+            .values(boot_epoch=NasClient.boot_epoch + 1)
+        )
+        ids = s.scalars(
+            select(LiveSession.id)
+            .where(LiveSession.nas_id == ev.nas_id)
+            .where(LiveSession.state.in_(OPEN_STATES))
+            .order_by(LiveSession.card_id, LiveSession.id)
+        ).all()
+        closed = self._close_many(s, list(ids), now, "nas-restart")
+        return AcctResult("nas-restart", closed_calls=closed)
+
+    def _close_many(self, s: Session, ids: list[int], now: datetime, reason: str) -> int:
+        closed = 0
+        for live_id in ids:
+            live = s.get(LiveSession, live_id)
+            assert live is not None
+            card = s.scalars(select(Card).where(Card.id == live.card_id).with_for_update()).one()
+            s.refresh(live, with_for_update=True)
+            if live.state == "started":
+                self._close(s, live, card, None, now, reason)
+                closed += 1
+            elif live.state == "authorized":
+                live.state = "released"  # a late Start reopens it
+                live.closed_at = now
+                closed += 1
+        return closed
+
+    # ------------------------------------------------------------------ reaper
+    def reap(self, now: datetime) -> ReapResult:
+        """Release grants never started, bill calls whose Stop never came, purge old rows."""
+        with self.db.transaction() as s:
+            stale = s.execute(
+                select(LiveSession.id, LiveSession.state)
+                .where(LiveSession.state.in_(OPEN_STATES))
+                .where(LiveSession.deadline_at <= now)
+                .order_by(LiveSession.card_id, LiveSession.id)
+            ).all()
+            released = sum(1 for _, state in stale if state == "authorized")
+            closed = sum(1 for _, state in stale if state == "started")
+            self._close_many(s, [row[0] for row in stale], now, "reaped")
+            cutoff = now - timedelta(days=self.sessions.closed_session_retention_days)
+            purged = s.execute(
+                delete(LiveSession)
+                .where(LiveSession.state.in_(("closed", "released")))
+                .where(LiveSession.closed_at < cutoff)
+            ).rowcount
+            return ReapResult(released=released, closed=closed, purged=int(purged or 0))

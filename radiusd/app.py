@@ -1,0 +1,186 @@
+"""Wiring: one small function builds the server from settings (no module-level state)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from prometheus_client.twisted import MetricsResource
+from twisted.internet import task
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.threadpool import ThreadPool
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+
+from billing.calls import Nas, utc_from_epoch
+from billing.domain import Limits
+from billing.service import SessionService, ThrottlePolicy
+from billing.settings import ConfigError, Settings
+from billing.storage.database import Database
+from billing.storage.keys import load_or_create_pin_key
+from billing.storage.live import FallbackLiveState, InProcessLiveState, LiveState, RedisLiveState
+from billing.storage.store import SecurityPolicy, SessionPolicy, Store
+from radiusd.codec import Codec, load_dictionary
+from radiusd.metrics import Metrics
+from radiusd.nas import NasTable
+from radiusd.server import ACCT, AUTH, Handler, RadiusProtocol, RadiusServer
+
+log = structlog.get_logger("radiusd")
+
+
+def build_store(settings: Settings, db: Database) -> Store:
+    billing = settings["billing"]
+    return Store(
+        db,
+        pin_key=load_or_create_pin_key(settings.pin_key_file),
+        limits=Limits(
+            max_session_seconds=int(billing["max_session_seconds"]),
+            places=settings.money_places,
+        ),
+        security=SecurityPolicy(card_failure_limit=int(settings["security"]["card_failure_limit"])),
+        sessions=SessionPolicy(
+            start_timeout_seconds=int(billing["start_timeout_seconds"]),
+            stale_margin_seconds=int(billing["stale_margin_seconds"]),
+            closed_session_retention_days=int(billing["closed_session_retention_days"]),
+        ),
+    )
+
+
+def throttle_policy(settings: Settings) -> ThrottlePolicy:
+    sec = settings["security"]
+    return ThrottlePolicy(
+        ani_failure_limit=int(sec["ani_failure_limit"]),
+        nas_failure_limit=int(sec["nas_failure_limit"]),
+        window_seconds=int(sec["failure_window_seconds"]),
+        lockout_seconds=int(sec["lockout_seconds"]),
+    )
+
+
+@dataclass
+class Running:
+    """What :func:`start` started, so tests and shutdown can reach it."""
+
+    auth_port: Any
+    acct_port: Any
+    metrics_port: Any | None
+    server: RadiusServer
+    metrics: Metrics
+    pool: ThreadPool
+    db: Database
+
+    def stop(self) -> None:
+        self.pool.stop()
+        self.db.dispose()
+
+
+def start(settings: Settings, reactor: Any) -> Running:
+    """Open the database, load the NAS table, listen, and schedule housekeeping."""
+    if int(settings["server"]["workers"]) > 1 and not settings.redis_url:
+        raise ConfigError("workers > 1 needs [redis] url: processes must share live state")
+    db = Database.from_url(
+        settings.database_url,
+        pool_size=int(settings["database"]["pool_size"]),
+        echo=bool(settings["database"]["echo"]),
+    )
+    db.check_schema()
+    store = build_store(settings, db)
+    metrics = Metrics()
+    local = InProcessLiveState(reactor.seconds)
+    live: LiveState = local
+    shared: LiveState | None = None
+    if settings.redis_url:
+
+        def redis_failed(exc: Exception) -> None:
+            metrics.backend_errors.labels("redis").inc()
+            log.warning("redis.unavailable", error=type(exc).__name__)
+
+        redis_state = RedisLiveState(settings.redis_url, str(settings["redis"]["prefix"]))
+        live = FallbackLiveState(redis_state, local, redis_failed)
+        shared = live
+    service = SessionService(store, live, throttle_policy(settings))
+    nas_table = NasTable(store.load_nas_clients())
+    metrics.nas_clients.set(len(nas_table))
+
+    threads = int(settings["server"]["threads"])
+    if db.is_sqlite:
+        threads = min(threads, 4)  # one writer at a time anyway; more threads only queue
+    pool = ThreadPool(minthreads=1, maxthreads=threads, name="prepaid-db")
+    pool.start()
+    reactor.addSystemEventTrigger("during", "shutdown", pool.stop)
+
+    def remember_ma(nas: Nas) -> None:
+        store.mark_message_authenticator_seen(nas.id)
+        log.info("nas.message_authenticator_seen", nas=nas.name)
+
+    radius = settings["radius"]
+    handler = Handler(
+        codec=Codec(load_dictionary(str(radius["dictionary"]))),
+        service=service,
+        nas_table=nas_table,
+        replies=local,
+        shared_replies=shared,
+        rules=settings.number_rules,
+        places=settings.money_places,
+        reply_ttl=float(radius["reply_cache_seconds"]),
+        on_first_message_authenticator=remember_ma,
+    )
+    server = RadiusServer(reactor, pool, handler, nas_table, local, metrics)
+    bind = str(radius["bind"])
+    auth_port = reactor.listenUDP(int(radius["auth_port"]), RadiusProtocol(server, AUTH), interface=bind)
+    acct_port = reactor.listenUDP(int(radius["acct_port"]), RadiusProtocol(server, ACCT), interface=bind)
+
+    metrics_port = None
+    if int(settings["metrics"]["port"]) or settings.values["metrics"].get("enabled"):
+        root = Resource()
+        root.putChild(b"metrics", MetricsResource(registry=metrics.registry))
+        metrics_port = reactor.listenTCP(
+            int(settings["metrics"]["port"]), Site(root), interface=str(settings["metrics"]["bind"])
+        )
+
+    def refresh_nas() -> Any:
+        d = deferToThreadPool(reactor, pool, store.load_nas_clients)
+
+        def apply(clients: list[Nas]) -> None:
+            nas_table.replace(clients)
+            metrics.nas_clients.set(len(nas_table))
+
+        d.addCallbacks(apply, lambda f: log.warning("nas.refresh_failed", error=str(f.value)))
+        return d
+
+    def reap() -> Any:
+        d = deferToThreadPool(reactor, pool, service.reap, utc_from_epoch(reactor.seconds()))
+
+        def report(result: Any) -> None:
+            metrics.reaped.labels("released").inc(result.released)
+            metrics.reaped.labels("closed").inc(result.closed)
+            if result.released or result.closed or result.purged:
+                log.info(
+                    "sessions.reaped",
+                    released=result.released,
+                    closed=result.closed,
+                    purged=result.purged,
+                )
+
+        d.addCallbacks(report, lambda f: log.warning("sessions.reap_failed", error=str(f.value)))
+        return d
+
+    nas_loop = task.LoopingCall(refresh_nas)
+    nas_loop.clock = reactor
+    nas_loop.start(float(settings["server"]["nas_refresh_seconds"]), now=False)
+    reap_loop = task.LoopingCall(reap)
+    reap_loop.clock = reactor
+    reap_loop.start(float(settings["billing"]["reap_interval_seconds"]), now=False)
+
+    log.info(
+        "server.listening",
+        bind=bind,
+        auth_port=auth_port.getHost().port,
+        acct_port=acct_port.getHost().port,
+        metrics_port=metrics_port.getHost().port if metrics_port else None,
+        database=db.engine.dialect.name,
+        live_state="redis" if settings.redis_url else "in-process",
+        nas_clients=len(nas_table),
+        config=settings.source,
+    )
+    return Running(auth_port, acct_port, metrics_port, server, metrics, pool, db)

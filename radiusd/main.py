@@ -1,0 +1,56 @@
+"""``prepaid-radiusd``: run the RADIUS server."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import structlog
+from sqlalchemy.exc import OperationalError
+
+from billing.settings import ConfigError, load_settings
+from billing.storage.database import SchemaNotReady
+from billing.storage.keys import KeyError_
+from radiusd.logs import configure_logging
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="prepaid-radiusd",
+        description="Prepaid AAA RADIUS server (authentication and accounting).",
+        epilog="Example: prepaid-radiusd --config /etc/prepaid-aaa/prepaid-aaa.toml",
+    )
+    parser.add_argument("--config", help="TOML configuration file (else $PREPAID_AAA_CONFIG)")
+    parser.add_argument("--log-format", choices=["json", "console"], help="override [server] log_format")
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(args.log_format or str(settings["server"]["log_format"]), str(settings["server"]["log_level"]))
+    log = structlog.get_logger("radiusd")
+
+    from twisted.internet import reactor
+    from twisted.internet.error import CannotListenError
+
+    from radiusd.app import start
+
+    try:
+        start(settings, reactor)
+    except (ConfigError, SchemaNotReady, KeyError_) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OperationalError as exc:
+        print(f"error: cannot reach the database: {exc.orig}", file=sys.stderr)
+        return 2
+    except (OSError, CannotListenError) as exc:
+        print(f"error: cannot listen: {exc}", file=sys.stderr)
+        return 2
+    reactor.run()  # type: ignore[attr-defined]
+    log.info("server.stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""Prometheus metrics of the server; every drop is counted here by reason."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.requests = Counter(
+            "prepaid_radius_requests",
+            "RADIUS requests answered, by kind and result",
+            ["kind", "result"],
+            registry=self.registry,
+        )
+        self.drops = Counter(
+            "prepaid_radius_drops",
+            "Datagrams dropped without a reply, by reason",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.retransmissions = Counter(
+            "prepaid_radius_retransmissions",
+            "Retransmitted requests answered from the reply cache",
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "prepaid_radius_latency_seconds",
+            "Time from datagram to reply, by kind",
+            ["kind"],
+            buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=self.registry,
+        )
+        self.backend_errors = Counter(
+            "prepaid_backend_errors",
+            "Database or Redis errors, by backend",
+            ["backend"],
+            registry=self.registry,
+        )
+        self.reaped = Counter(
+            "prepaid_reaped_calls",
+            "Calls closed or grants released by the reaper",
+            ["what"],
+            registry=self.registry,
+        )
+        self.nas_clients = Gauge(
+            "prepaid_nas_clients", "Known NAS clients", registry=self.registry
+        )
+
+    def drop_count(self, reason: str) -> int:
+        return int(self.drops.labels(reason)._value.get())

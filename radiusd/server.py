@@ -1,0 +1,256 @@
+"""The RADIUS server: datagrams in, billing calls, replies out.
+
+The reactor thread does only cheap work: find the NAS by source address, check the packet's
+structure, answer a retransmission from the reply cache, and hand the rest to a worker thread.
+Decoding, verification and all database or Redis work run on the worker pool; the reply is sent
+back from the reactor. A datagram is never answered twice concurrently: a copy that arrives
+while its original is being processed is dropped (the NAS will retransmit and get the cached
+reply).
+
+The outcome vocabulary is the one FreeRADIUS modules use: accept, reject, or drop. A drop sends
+nothing — for unknown sources, malformed or unverifiable packets, and when the database fails,
+so the NAS retries or fails over and nothing is lost.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from redis.exceptions import RedisError
+from sqlalchemy.exc import SQLAlchemyError
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import DatagramProtocol
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+
+from billing.calls import Accepted, AcctResult, Nas, Rejected, utc_from_epoch
+from billing.domain import RejectReason
+from billing.numbers import NumberRules
+from billing.service import SessionService
+from billing.storage.live import InProcessLiveState, LiveState
+from radiusd import translate
+from radiusd.codec import (
+    ACCESS_ACCEPT,
+    ACCESS_REQUEST,
+    ACCOUNTING_REQUEST,
+    ACCOUNTING_RESPONSE,
+    STATUS_SERVER,
+    Codec,
+    Malformed,
+    Reply,
+    check_structure,
+)
+from radiusd.metrics import Metrics
+from radiusd.nas import NasTable
+from radiusd.profiles import PROFILES
+
+log = structlog.get_logger("radiusd")
+
+AUTH = "auth"
+ACCT = "acct"
+
+
+class Drop(Exception):
+    """Send nothing; ``reason`` is counted and logged."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass
+class Outcome:
+    data: bytes | None
+    fields: dict[str, Any]
+
+
+class Handler:
+    """Processes one datagram on a worker thread and returns the reply bytes (or None)."""
+
+    def __init__(
+        self,
+        codec: Codec,
+        service: SessionService,
+        nas_table: NasTable,
+        replies: LiveState,
+        shared_replies: LiveState | None,
+        rules: NumberRules,
+        places: int,
+        reply_ttl: float,
+        on_first_message_authenticator: Callable[[Nas], None],
+    ) -> None:
+        self.codec = codec
+        self.service = service
+        self.nas_table = nas_table
+        self.replies = replies
+        self.shared_replies = shared_replies
+        self.rules = rules
+        self.places = places
+        self.reply_ttl = reply_ttl
+        self.on_first_ma = on_first_message_authenticator
+
+    def handle(self, kind: str, nas: Nas, data: bytes, cache_key: str, arrival: float) -> Outcome:
+        if self.shared_replies is not None:
+            cached = self.shared_replies.reply_get(cache_key)
+            if cached is not None:
+                return Outcome(cached, {"decision": "replayed"})
+        request = self.codec.decode(data, nas.secret, self.nas_table.requires_message_authenticator(nas))
+        if request.message_authenticator and self.nas_table.saw_message_authenticator(nas):
+            self.on_first_ma(nas)
+        profile = PROFILES.get(nas.profile, PROFILES["generic"])
+        fields: dict[str, Any] = {}
+        if request.code == STATUS_SERVER:
+            code = ACCESS_ACCEPT if kind == AUTH else ACCOUNTING_RESPONSE
+            reply = Reply(code, [("Reply-Message", "Prepaid AAA is up")])
+            fields["decision"] = "status"
+        elif kind == AUTH and request.code == ACCESS_REQUEST:
+            fields["packet"] = "access-request"
+            if request.chap or request.password is None and "CHAP-Password" in request.attrs:
+                result: Any = Rejected(RejectReason.MALFORMED)
+            else:
+                call = translate.auth_request(request, nas.id, self.rules)
+                fields.update(ani=call.calling_number, called=call.called_number)
+                result = self.service.authorize(call, utc_from_epoch(arrival))
+            reply = translate.auth_reply(result, profile, self.places)
+            if isinstance(result, Accepted):
+                fields.update(
+                    decision="accept",
+                    serial=result.serial,
+                    session_timeout=result.session_seconds,
+                    method=result.auth_method,
+                )
+            else:
+                fields.update(decision="reject", reason=str(result.reason), serial=result.serial)
+        elif kind == ACCT and request.code == ACCOUNTING_REQUEST:
+            fields["packet"] = "accounting-request"
+            event = translate.acct_event(request, nas.id, arrival, self.rules, profile)
+            if event is None:
+                outcome = AcctResult("ignored")
+            else:
+                fields.update(status=str(event.status), session=event.acct_session_id)
+                outcome = self.service.account(event, utc_from_epoch(arrival))
+            fields.update(decision="ack", outcome=outcome.outcome, serial=outcome.serial)
+            if outcome.cost is not None:
+                fields["cost"] = str(outcome.cost)
+            reply = Reply(ACCOUNTING_RESPONSE)
+        else:
+            raise Drop("wrong-port")
+        raw = self.codec.encode(request, reply)
+        self.replies.reply_put(cache_key, raw, self.reply_ttl)
+        if self.shared_replies is not None:
+            self.shared_replies.reply_put(cache_key, raw, self.reply_ttl)
+        return Outcome(raw, fields)
+
+
+class RadiusServer:
+    """The reactor-side controller shared by the authentication and accounting listeners."""
+
+    def __init__(
+        self,
+        reactor: IReactorTime,
+        pool: ThreadPool,
+        handler: Handler,
+        nas_table: NasTable,
+        local_replies: InProcessLiveState,
+        metrics: Metrics,
+    ) -> None:
+        self.reactor = reactor
+        self.pool = pool
+        self.handler = handler
+        self.nas_table = nas_table
+        self.local_replies = local_replies
+        self.metrics = metrics
+        self._in_flight: set[str] = set()
+
+    def drop(self, kind: str, reason: str, addr: tuple[str, int], **fields: Any) -> None:
+        self.metrics.drops.labels(reason).inc()
+        log.warning("radius.drop", listener=kind, reason=reason, src=f"{addr[0]}:{addr[1]}", **fields)
+
+    def received(self, transport: Any, kind: str, data: bytes, addr: tuple[str, int]) -> None:
+        arrival = self.reactor.seconds()
+        started = time.perf_counter()
+        nas = self.nas_table.lookup(addr[0])
+        if nas is None:
+            self.drop(kind, "unknown-nas", addr)
+            return
+        try:
+            code, ident, authenticator = check_structure(data)
+        except Malformed as exc:
+            self.drop(kind, exc.reason, addr, nas=nas.name)
+            return
+        cache_key = f"{kind}|{addr[0]}|{addr[1]}|{code}|{ident}|{authenticator.hex()}"
+        cached = self.local_replies.reply_get(cache_key)
+        if cached is not None:
+            self.metrics.retransmissions.inc()
+            transport.write(cached, addr)
+            log.info("radius.retransmission", listener=kind, nas=nas.name, id=ident)
+            return
+        if cache_key in self._in_flight:
+            self.drop(kind, "in-flight-duplicate", addr, nas=nas.name)
+            return
+        self._in_flight.add(cache_key)
+        d = deferToThreadPool(
+            self.reactor, self.pool, self.handler.handle, kind, nas, data, cache_key, arrival
+        )
+
+        def done(outcome: Outcome) -> None:
+            latency = time.perf_counter() - started
+            if outcome.data is not None:
+                transport.write(outcome.data, addr)
+            decision = outcome.fields.get("decision", "")
+            if decision == "replayed":
+                self.metrics.retransmissions.inc()
+            self.metrics.requests.labels(kind, decision).inc()
+            self.metrics.latency.labels(kind).observe(latency)
+            log.info(
+                "radius.request",
+                listener=kind,
+                nas=nas.name,
+                id=ident,
+                latency_ms=round(latency * 1000, 2),
+                **{k: v for k, v in outcome.fields.items() if v is not None},
+            )
+
+        def failed(failure: Failure) -> None:
+            exc = failure.value
+            if isinstance(exc, Malformed):
+                self.drop(kind, exc.reason, addr, nas=nas.name)
+            elif isinstance(exc, Drop):
+                self.drop(kind, exc.reason, addr, nas=nas.name)
+            elif isinstance(exc, SQLAlchemyError):
+                self.metrics.backend_errors.labels("database").inc()
+                self.drop(kind, "database-error", addr, nas=nas.name, error=type(exc).__name__)
+            elif isinstance(exc, RedisError):
+                self.metrics.backend_errors.labels("redis").inc()
+                self.drop(kind, "redis-error", addr, nas=nas.name, error=type(exc).__name__)
+            else:
+                self.metrics.drops.labels("internal-error").inc()
+                log.error(
+                    "radius.internal_error",
+                    listener=kind,
+                    nas=nas.name,
+                    exc_info=(type(exc), exc, failure.getTracebackObject()),
+                )
+
+        def release(result: object) -> object:
+            self._in_flight.discard(cache_key)
+            return result
+
+        d.addCallbacks(done, failed)
+        d.addBoth(release)
+
+
+class RadiusProtocol(DatagramProtocol):
+    """One UDP listener; decides nothing, hands every datagram to the server."""
+
+    def __init__(self, server: RadiusServer, kind: str) -> None:
+        self.server = server
+        self.kind = kind
+
+    def datagramReceived(self, data: bytes, addr: tuple[str, int]) -> None:  # noqa: N802
+        self.server.received(self.transport, self.kind, data, addr)

@@ -1,0 +1,120 @@
+"""Translation between RADIUS requests and neutral billing calls, and back.
+
+The only place (with the codec and profiles) that knows RADIUS attribute names.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from billing.calls import (
+    Accepted,
+    AcctEvent,
+    AcctStatus,
+    AuthRequest,
+    AuthResult,
+    utc_from_epoch,
+)
+from billing.domain import REJECT_MESSAGES, RejectReason
+from billing.numbers import NumberRules, normalize_number
+from radiusd.codec import ACCESS_ACCEPT, ACCESS_REJECT, Reply, Request
+from radiusd.profiles import Profile, cisco_value
+
+CLASS_PREFIX = b"paaa:"
+
+ACCT_STATUS = {
+    "Start": AcctStatus.START,
+    "Stop": AcctStatus.STOP,
+    "Interim-Update": AcctStatus.INTERIM,
+    "Alive": AcctStatus.INTERIM,
+    "Accounting-On": AcctStatus.ACCOUNTING_ON,
+    "Accounting-Off": AcctStatus.ACCOUNTING_OFF,
+    1: AcctStatus.START,
+    2: AcctStatus.STOP,
+    3: AcctStatus.INTERIM,
+    7: AcctStatus.ACCOUNTING_ON,
+    8: AcctStatus.ACCOUNTING_OFF,
+}
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return str(value)
+
+
+def _h323(request: Request, name: str) -> str | None:
+    value = request.first(name)
+    return cisco_value(_text(value)) if value is not None else None
+
+
+def auth_request(request: Request, nas_id: int, rules: NumberRules) -> AuthRequest:
+    return AuthRequest(
+        nas_id=nas_id,
+        user_name=_text(request.first("User-Name", "")).strip(),
+        password=request.password,
+        calling_number=normalize_number(_text(request.first("Calling-Station-Id", "")), rules),
+        called_number=normalize_number(_text(request.first("Called-Station-Id", "")), rules),
+        acct_session_id=_text(request.first("Acct-Session-Id")) or None,
+        conf_id=_h323(request, "h323-conf-id"),
+    )
+
+
+def auth_reply(result: AuthResult, profile: Profile, places: int) -> Reply:
+    if isinstance(result, Accepted):
+        attrs: list[tuple[str, Any]] = [
+            ("Session-Timeout", result.session_seconds),
+            ("Class", CLASS_PREFIX + result.token.encode()),
+        ]
+        attrs += profile.accept_attributes(
+            result.session_seconds, result.available_amount, result.currency, places
+        )
+        return Reply(ACCESS_ACCEPT, attrs)
+    return reject_reply(result.reason, profile)
+
+
+def reject_reply(reason: RejectReason, profile: Profile) -> Reply:
+    attrs: list[tuple[str, Any]] = [("Reply-Message", REJECT_MESSAGES[reason])]
+    attrs += profile.reject_attributes(reason)
+    return Reply(ACCESS_REJECT, attrs)
+
+
+def class_token(request: Request) -> str | None:
+    for value in request.attrs.get("Class", []):
+        raw = value if isinstance(value, bytes) else _text(value).encode()
+        if raw.startswith(CLASS_PREFIX):
+            return raw[len(CLASS_PREFIX) :].decode("ascii", errors="replace")
+    return None
+
+
+def acct_event(
+    request: Request, nas_id: int, arrival: float, rules: NumberRules, profile: Profile
+) -> AcctEvent | None:
+    """The accounting event, or None for a status type that bills nothing (ACKed as is)."""
+    status = ACCT_STATUS.get(request.first("Acct-Status-Type"))
+    if status is None:
+        return None
+    timestamp = request.first("Event-Timestamp")
+    if isinstance(timestamp, int) and timestamp > 0:
+        event_at = utc_from_epoch(timestamp)
+    else:
+        delay = request.first("Acct-Delay-Time", 0)
+        event_at = utc_from_epoch(arrival) - timedelta(seconds=int(delay or 0))
+    session_time = request.first("Acct-Session-Time")
+    return AcctEvent(
+        nas_id=nas_id,
+        status=status,
+        event_at=event_at,
+        token=class_token(request),
+        acct_session_id=_text(request.first("Acct-Session-Id")) or None,
+        conf_id=_h323(request, "h323-conf-id"),
+        user_name=_text(request.first("User-Name", "")).strip(),
+        calling_number=normalize_number(_text(request.first("Calling-Station-Id", "")), rules),
+        called_number=normalize_number(_text(request.first("Called-Station-Id", "")), rules),
+        session_seconds=int(session_time) if session_time is not None else None,
+        terminate_cause=_text(request.first("Acct-Terminate-Cause")) or None,
+        leg=profile.leg_of(_h323(request, "h323-call-origin")),
+    )
