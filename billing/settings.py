@@ -29,7 +29,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "log_format": "json",  # json (journald) or console
         "log_level": "info",
         "threads": 8,  # worker threads for blocking database and Redis work
-        "nas_refresh_seconds": 10,  # how soon `prepaidctl nas add` reaches a running server
+        "nas_refresh_seconds": 10.0,  # how soon `prepaidctl nas add` reaches a running server
         "workers": 1,
     },
     "database": {
@@ -54,7 +54,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "default_currency": "USD",
         "start_timeout_seconds": 120,  # a grant with no accounting Start is released after this
         "stale_margin_seconds": 300,  # a call with no news for Session-Timeout + this is reaped
-        "reap_interval_seconds": 30,
+        "reap_interval_seconds": 30.0,
         "closed_session_retention_days": 30,  # how long a finished call's keys stop duplicates
     },
     "security": {
@@ -105,7 +105,7 @@ def _parse_env(raw: str, default: Any, name: str) -> Any:
     return raw
 
 
-def _check_type(section: str, key: str, value: Any, default: Any) -> Any:
+def _check_type(where: str, section: str, key: str, value: Any, default: Any) -> Any:
     if isinstance(default, bool):
         ok = isinstance(value, bool)
     elif isinstance(default, float):
@@ -118,7 +118,7 @@ def _check_type(section: str, key: str, value: Any, default: Any) -> Any:
     else:
         ok = isinstance(value, str)
     if not ok:
-        raise ConfigError(f"[{section}] {key} must be a {type(default).__name__}")
+        raise ConfigError(f"{where}: [{section}] {key} must be a {type(default).__name__}")
     return value
 
 
@@ -183,7 +183,9 @@ def load_settings(
             for key, value in items.items():
                 if key not in merged[section]:
                     raise ConfigError(f"{file_path}: unknown key {key!r} in [{section}]")
-                merged[section][key] = _check_type(section, key, value, DEFAULTS[section][key])
+                merged[section][key] = _check_type(
+                    str(file_path), section, key, value, DEFAULTS[section][key]
+                )
     for section, items in merged.items():
         for key, default in items.items():
             name = f"PREPAID_{section.upper()}_{key.upper()}"

@@ -143,7 +143,7 @@ class Codec:
             raw_pw = pkt.get(2)
             try:
                 password = pkt.PwDecrypt(raw_pw[0]) if raw_pw else ""
-            except (ValueError, IndexError):
+            except (rp.PacketError, ValueError, IndexError):
                 raise Malformed("bad-password") from None
         return Request(
             code=code,

@@ -110,7 +110,7 @@ class Handler:
             fields["decision"] = "status"
         elif kind == AUTH and request.code == ACCESS_REQUEST:
             fields["packet"] = "access-request"
-            if request.chap or request.password is None and "CHAP-Password" in request.attrs:
+            if request.chap:  # PAP only: a CHAP response cannot be checked against a PIN hash
                 result: Any = Rejected(RejectReason.MALFORMED)
             else:
                 call = translate.auth_request(request, nas.id, self.rules)
