@@ -75,8 +75,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "strip_prefixes": [],
     },
     "metrics": {
+        "enabled": False,  # Prometheus endpoint at http://<bind>:<port>/metrics
         "bind": "127.0.0.1",
-        "port": 0,  # 0: no metrics endpoint
+        "port": 9812,
     },
 }
 

@@ -125,13 +125,14 @@ def start(settings: Settings, reactor: Any) -> Running:
         reply_ttl=float(radius["reply_cache_seconds"]),
         on_first_message_authenticator=remember_ma,
     )
+    handler.status_text = lambda: "Prepaid AAA is up: " + metrics.summary()
     server = RadiusServer(reactor, pool, handler, nas_table, local, metrics)
     bind = str(radius["bind"])
     auth_port = reactor.listenUDP(int(radius["auth_port"]), RadiusProtocol(server, AUTH), interface=bind)
     acct_port = reactor.listenUDP(int(radius["acct_port"]), RadiusProtocol(server, ACCT), interface=bind)
 
     metrics_port = None
-    if int(settings["metrics"]["port"]) or settings.values["metrics"].get("enabled"):
+    if settings["metrics"]["enabled"]:
         root = Resource()
         root.putChild(b"metrics", MetricsResource(registry=metrics.registry))
         metrics_port = reactor.listenTCP(
@@ -154,6 +155,7 @@ def start(settings: Settings, reactor: Any) -> Running:
         def report(result: Any) -> None:
             metrics.reaped.labels("released").inc(result.released)
             metrics.reaped.labels("closed").inc(result.closed)
+            metrics.live_calls.set(result.live)
             if result.released or result.closed or result.purged:
                 log.info(
                     "sessions.reaped",

@@ -44,9 +44,25 @@ class Metrics:
             ["what"],
             registry=self.registry,
         )
+        self.live_calls = Gauge(
+            "prepaid_live_calls", "Calls granted or in progress (as of the last reaper run)",
+            registry=self.registry,
+        )
         self.nas_clients = Gauge(
             "prepaid_nas_clients", "Known NAS clients", registry=self.registry
         )
 
-    def drop_count(self, reason: str) -> int:
-        return int(self.drops.labels(reason)._value.get())
+    def summary(self) -> str:
+        """Totals for a Status-Server Reply-Message (RADIUS has no standard counters)."""
+        totals: dict[str, float] = {}
+        for metric in self.registry.collect():
+            for sample in metric.samples:
+                if sample.name == "prepaid_radius_requests_total":
+                    key = sample.labels["result"] or "other"
+                    totals[key] = totals.get(key, 0) + sample.value
+                elif sample.name == "prepaid_radius_drops_total":
+                    totals["drops"] = totals.get("drops", 0) + sample.value
+                elif sample.name == "prepaid_live_calls":
+                    totals["live_calls"] = sample.value
+        order = ("accept", "reject", "ack", "drops", "live_calls")
+        return " ".join(f"{k}={int(totals.get(k, 0))}" for k in order)

@@ -93,6 +93,7 @@ class Handler:
         self.places = places
         self.reply_ttl = reply_ttl
         self.on_first_ma = on_first_message_authenticator
+        self.status_text: Callable[[], str] = lambda: "Prepaid AAA is up"
 
     def handle(self, kind: str, nas: Nas, data: bytes, cache_key: str, arrival: float) -> Outcome:
         if self.shared_replies is not None:
@@ -106,7 +107,7 @@ class Handler:
         fields: dict[str, Any] = {}
         if request.code == STATUS_SERVER:
             code = ACCESS_ACCEPT if kind == AUTH else ACCOUNTING_RESPONSE
-            reply = Reply(code, [("Reply-Message", "Prepaid AAA is up")])
+            reply = Reply(code, [("Reply-Message", self.status_text())])
             fields["decision"] = "status"
         elif kind == AUTH and request.code == ACCESS_REQUEST:
             fields["packet"] = "access-request"

@@ -87,6 +87,7 @@ class ReapResult:
     released: int  # grants that never saw a Start
     closed: int  # started calls with no news, billed from the last progress
     purged: int  # finished calls past the retention period
+    live: int = 0  # calls still live (granted or started) afterwards
 
 
 def _card_snapshot(card: Card) -> CardSnapshot:
@@ -650,4 +651,9 @@ class Store:
                 .where(LiveSession.state.in_(("closed", "released")))
                 .where(LiveSession.closed_at < cutoff)
             ).rowcount
-            return ReapResult(released=released, closed=closed, purged=int(purged or 0))
+            live = s.scalar(
+                select(func.count(LiveSession.id)).where(LiveSession.state.in_(OPEN_STATES))
+            )
+            return ReapResult(
+                released=released, closed=closed, purged=int(purged or 0), live=int(live or 0)
+            )

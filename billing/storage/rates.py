@@ -1,0 +1,52 @@
+"""Longest-prefix rate lookup, shared by the server's authorization and ``prepaidctl rates lookup``.
+
+One query: every prefix of the (already normalized) number is a candidate, the unique index on
+``(rate_group_id, prefix)`` finds them, and the longest one wins. Prefixes are at most 32 digits
+(the column width), so the candidate list is short whatever the caller sends.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from billing.rating import Rate
+from billing.storage.models import RateRow
+
+MAX_PREFIX_LENGTH = 32
+"""The width of ``rates.prefix``; no stored prefix is longer."""
+
+
+def candidate_prefixes(number: str) -> list[str]:
+    """Every non-empty prefix of ``number``, longest first (at most 32 of them)."""
+    return [number[:n] for n in range(min(len(number), MAX_PREFIX_LENGTH), 0, -1)]
+
+
+def find_rate(session: Session, rate_group_id: int, number: str) -> RateRow | None:
+    """The rate of ``rate_group_id`` whose prefix is the longest prefix of ``number``.
+
+    ``number`` must already be normalized (digits only, international form); an empty or
+    non-digit number matches nothing.
+    """
+    if not number or not (number.isascii() and number.isdigit()):
+        return None
+    return session.scalars(
+        select(RateRow)
+        .where(RateRow.rate_group_id == rate_group_id)
+        .where(RateRow.prefix.in_(candidate_prefixes(number)))
+        .order_by(func.length(RateRow.prefix).desc())
+        .limit(1)
+    ).first()
+
+
+def rate_from_row(row: RateRow) -> Rate:
+    """The pure :class:`~billing.rating.Rate` of a stored rate row."""
+    return Rate(
+        prefix=row.prefix,
+        price_per_minute=row.price_per_minute,
+        connection_fee=row.connection_fee,
+        first_increment=row.first_increment,
+        next_increment=row.next_increment,
+        grace_seconds=row.grace_seconds,
+        description=row.description,
+    )
