@@ -39,7 +39,7 @@ class RejectReason(enum.StrEnum):
     """Why an Access-Request is refused. Vendor profiles map these to return codes."""
 
     UNKNOWN_ACCOUNT = "unknown-account"  # no card for this PIN or ANI
-    INVALID_PASSWORD = "invalid-password"  # card number known, PIN wrong
+    INVALID_PASSWORD = "invalid-password"  # noqa: S105 - a reason code; card known, PIN wrong
     INVALID_CARD_NUMBER = "invalid-card-number"  # card number unknown
     IN_USE = "in-use"  # Max Calls reached
     ZERO_BALANCE = "zero-balance"

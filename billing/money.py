@@ -14,7 +14,9 @@ from decimal import Decimal
 DEFAULT_PLACES = 4
 
 #: Exact arithmetic for intermediate results: 34 significant digits is far beyond any tariff.
-_CONTEXT = decimal.Context(prec=34, rounding=decimal.ROUND_HALF_UP, traps=[decimal.InvalidOperation])
+_CONTEXT = decimal.Context(
+    prec=34, rounding=decimal.ROUND_HALF_UP, traps=[decimal.InvalidOperation]
+)
 
 ZERO = Decimal(0)
 

@@ -72,9 +72,7 @@ def _boundary(rate: Rate, k: int) -> int:
     return rate.first_increment + k * rate.next_increment
 
 
-def max_seconds(
-    rate: Rate, available: Decimal, limit: int, places: int = DEFAULT_PLACES
-) -> int:
+def max_seconds(rate: Rate, available: Decimal, limit: int, places: int = DEFAULT_PLACES) -> int:
     """The largest t <= ``limit`` with cost(t) <= ``available``; 0 if not even one increment.
 
     ``limit`` bounds the answer for free rates and keeps the search finite.

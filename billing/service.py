@@ -48,8 +48,10 @@ class SessionService:
                 return Rejected(RejectReason.RETRIES_EXCEEDED)
         result = self.store.authorize(req, now)
         if isinstance(result, Rejected) and result.reason in GUESS_REASONS:
-            if result.reason == RejectReason.UNKNOWN_ACCOUNT and not req.password and not (
-                req.user_name and req.user_name != req.calling_number
+            if (
+                result.reason == RejectReason.UNKNOWN_ACCOUNT
+                and not req.password
+                and not (req.user_name and req.user_name != req.calling_number)
             ):
                 # An unbound caller with no PIN yet is ordinary traffic, not a guess.
                 return result

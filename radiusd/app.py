@@ -14,37 +14,17 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from billing.calls import Nas, utc_from_epoch
-from billing.domain import Limits
 from billing.service import SessionService, ThrottlePolicy
 from billing.settings import ConfigError, Settings
 from billing.storage.database import Database
-from billing.storage.keys import load_or_create_pin_key
 from billing.storage.live import FallbackLiveState, InProcessLiveState, LiveState, RedisLiveState
-from billing.storage.store import SecurityPolicy, SessionPolicy, Store
+from billing.storage.store import store_from_settings
 from radiusd.codec import Codec, load_dictionary
 from radiusd.metrics import Metrics
 from radiusd.nas import NasTable
 from radiusd.server import ACCT, AUTH, Handler, RadiusProtocol, RadiusServer
 
 log = structlog.get_logger("radiusd")
-
-
-def build_store(settings: Settings, db: Database) -> Store:
-    billing = settings["billing"]
-    return Store(
-        db,
-        pin_key=load_or_create_pin_key(settings.pin_key_file),
-        limits=Limits(
-            max_session_seconds=int(billing["max_session_seconds"]),
-            places=settings.money_places,
-        ),
-        security=SecurityPolicy(card_failure_limit=int(settings["security"]["card_failure_limit"])),
-        sessions=SessionPolicy(
-            start_timeout_seconds=int(billing["start_timeout_seconds"]),
-            stale_margin_seconds=int(billing["stale_margin_seconds"]),
-            closed_session_retention_days=int(billing["closed_session_retention_days"]),
-        ),
-    )
 
 
 def throttle_policy(settings: Settings) -> ThrottlePolicy:
@@ -84,7 +64,7 @@ def start(settings: Settings, reactor: Any) -> Running:
         echo=bool(settings["database"]["echo"]),
     )
     db.check_schema()
-    store = build_store(settings, db)
+    store = store_from_settings(settings, db)
     metrics = Metrics()
     local = InProcessLiveState(reactor.seconds)
     live: LiveState = local
@@ -128,8 +108,12 @@ def start(settings: Settings, reactor: Any) -> Running:
     handler.status_text = lambda: "Prepaid AAA is up: " + metrics.summary()
     server = RadiusServer(reactor, pool, handler, nas_table, local, metrics)
     bind = str(radius["bind"])
-    auth_port = reactor.listenUDP(int(radius["auth_port"]), RadiusProtocol(server, AUTH), interface=bind)
-    acct_port = reactor.listenUDP(int(radius["acct_port"]), RadiusProtocol(server, ACCT), interface=bind)
+    auth_port = reactor.listenUDP(
+        int(radius["auth_port"]), RadiusProtocol(server, AUTH), interface=bind
+    )
+    acct_port = reactor.listenUDP(
+        int(radius["acct_port"]), RadiusProtocol(server, ACCT), interface=bind
+    )
 
     metrics_port = None
     if settings["metrics"]["enabled"]:

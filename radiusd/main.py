@@ -21,14 +21,19 @@ def main(argv: list[str] | None = None) -> int:
         epilog="Example: prepaid-radiusd --config /etc/prepaid-aaa/prepaid-aaa.toml",
     )
     parser.add_argument("--config", help="TOML configuration file (else $PREPAID_AAA_CONFIG)")
-    parser.add_argument("--log-format", choices=["json", "console"], help="override [server] log_format")
+    parser.add_argument(
+        "--log-format", choices=["json", "console"], help="override [server] log_format"
+    )
     args = parser.parse_args(argv)
     try:
         settings = load_settings(args.config)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    configure_logging(args.log_format or str(settings["server"]["log_format"]), str(settings["server"]["log_level"]))
+    configure_logging(
+        args.log_format or str(settings["server"]["log_format"]),
+        str(settings["server"]["log_level"]),
+    )
     log = structlog.get_logger("radiusd")
 
     from twisted.internet import reactor

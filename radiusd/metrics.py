@@ -45,12 +45,11 @@ class Metrics:
             registry=self.registry,
         )
         self.live_calls = Gauge(
-            "prepaid_live_calls", "Calls granted or in progress (as of the last reaper run)",
+            "prepaid_live_calls",
+            "Calls granted or in progress (as of the last reaper run)",
             registry=self.registry,
         )
-        self.nas_clients = Gauge(
-            "prepaid_nas_clients", "Known NAS clients", registry=self.registry
-        )
+        self.nas_clients = Gauge("prepaid_nas_clients", "Known NAS clients", registry=self.registry)
 
     def summary(self) -> str:
         """Totals for a Status-Server Reply-Message (RADIUS has no standard counters)."""

@@ -100,7 +100,9 @@ class Handler:
             cached = self.shared_replies.reply_get(cache_key)
             if cached is not None:
                 return Outcome(cached, {"decision": "replayed"})
-        request = self.codec.decode(data, nas.secret, self.nas_table.requires_message_authenticator(nas))
+        request = self.codec.decode(
+            data, nas.secret, self.nas_table.requires_message_authenticator(nas)
+        )
         if request.message_authenticator and self.nas_table.saw_message_authenticator(nas):
             self.on_first_ma(nas)
         profile = PROFILES.get(nas.profile, PROFILES["generic"])
@@ -170,7 +172,9 @@ class RadiusServer:
 
     def drop(self, kind: str, reason: str, addr: tuple[str, int], **fields: Any) -> None:
         self.metrics.drops.labels(reason).inc()
-        log.warning("radius.drop", listener=kind, reason=reason, src=f"{addr[0]}:{addr[1]}", **fields)
+        log.warning(
+            "radius.drop", listener=kind, reason=reason, src=f"{addr[0]}:{addr[1]}", **fields
+        )
 
     def received(self, transport: Any, kind: str, data: bytes, addr: tuple[str, int]) -> None:
         arrival = self.reactor.seconds()

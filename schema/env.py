@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from alembic import context
+
 from billing.storage.database import make_engine
 from billing.storage.models import Base
 

@@ -14,7 +14,6 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
-
 from support import Deployment
 
 REQUIRE_SERVICES = os.environ.get("PREPAID_TEST_REQUIRE_SERVICES") == "1"
@@ -63,7 +62,9 @@ def redis_url() -> str:
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres+redis"])
-def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+def backend(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, str]:
     """Environment for a fresh deployment on each backend the product supports."""
     env = {"PREPAID_SERVER_STATE_DIR": str(tmp_path_factory.mktemp("state"))}
     if request.param == "postgres+redis":

@@ -99,7 +99,9 @@ class Deployment:
     def __init__(self, tmp_path: Path, env: dict[str, str]) -> None:
         self.dir = tmp_path
         self.env = {
-            k: v for k, v in os.environ.items() if not k.startswith("PREPAID_") or k.startswith("PREPAID_TEST")
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("PREPAID_") or k.startswith("PREPAID_TEST")
         }
         self.env.update(
             {
@@ -113,7 +115,9 @@ class Deployment:
         self.env.update(env)
         self.servers: list[ServerProcess] = []
 
-    def ctl(self, *args: str, check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    def ctl(
+        self, *args: str, check: bool = True, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
             [str(BIN / "prepaidctl"), *args],
             env={**self.env, **(env or {})},
@@ -143,8 +147,20 @@ class Deployment:
             server.stop()
 
     # -- setting up what the Done-when scenarios need, with the CLI ---------------------------
-    def add_nas(self, name: str = "gw1", profile: str = "cisco", secret: str = "s3cret", **opts: str) -> None:
-        args = ["nas", "add", name, "--address", opts.pop("address", "127.0.0.1"), "--secret", secret, "--profile", profile]
+    def add_nas(
+        self, name: str = "gw1", profile: str = "cisco", secret: str = "s3cret", **opts: str
+    ) -> None:
+        args = [
+            "nas",
+            "add",
+            name,
+            "--address",
+            opts.pop("address", "127.0.0.1"),
+            "--secret",
+            secret,
+            "--profile",
+            profile,
+        ]
         for key, value in opts.items():
             args += [f"--{key.replace('_', '-')}", value]
         self.ctl(*args)
@@ -160,11 +176,28 @@ class Deployment:
         self.ctl("rates", "import", group, str(sheet))
 
     def create_cards(
-        self, count: int = 1, value: str = "5.00", group: str = "retail", activate: bool = True, **opts: str
+        self,
+        count: int = 1,
+        value: str = "5.00",
+        group: str = "retail",
+        activate: bool = True,
+        **opts: str,
     ) -> list[dict[str, str]]:
         out = self.dir / f"batch-{time.monotonic_ns()}.csv"
-        args = ["batch", "create", "--rate-group", group, "--type", opts.pop("type", "standard"),
-                "--value", value, "--count", str(count), "--output", str(out)]
+        args = [
+            "batch",
+            "create",
+            "--rate-group",
+            group,
+            "--type",
+            opts.pop("type", "standard"),
+            "--value",
+            value,
+            "--count",
+            str(count),
+            "--output",
+            str(out),
+        ]
         for key, val in opts.items():
             args += [f"--{key.replace('_', '-')}", val]
         self.ctl(*args)
@@ -187,8 +220,13 @@ class Radius:
     def close(self) -> None:
         self.sock.close()
 
-    def access_request(self, user: str | None = None, password: str | None = None,
-                       message_authenticator: bool = True, **attrs: Any) -> rp.AuthPacket:
+    def access_request(
+        self,
+        user: str | None = None,
+        password: str | None = None,
+        message_authenticator: bool = True,
+        **attrs: Any,
+    ) -> rp.AuthPacket:
         pkt = rp.AuthPacket(code=rp.AccessRequest, secret=self.secret, dict=DICTIONARY)
         if user is not None:
             pkt["User-Name"] = user
@@ -227,8 +265,9 @@ class Radius:
         return reply
 
 
-def radclient(port: int, kind: str, attributes: str, secret: str = "s3cret",
-              *extra: str) -> subprocess.CompletedProcess[str]:
+def radclient(
+    port: int, kind: str, attributes: str, secret: str = "s3cret", *extra: str
+) -> subprocess.CompletedProcess[str]:
     """Send with FreeRADIUS radclient (-x prints the reply attributes)."""
     return subprocess.run(
         ["radclient", "-x", "-r", "1", "-t", "2", *extra, f"127.0.0.1:{port}", kind, secret],

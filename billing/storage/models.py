@@ -230,7 +230,8 @@ class LedgerEntry(Base):
 
     id: Mapped[int] = mapped_column(IdFk, primary_key=True)
     card_id: Mapped[int] = mapped_column(ForeignKey("cards.id"))
-    kind: Mapped[str] = mapped_column(String(16))  # creation recharge call transfer expiry adjustment
+    # creation, recharge, call, transfer, expiry, adjustment
+    kind: Mapped[str] = mapped_column(String(16))
     amount: Mapped[Money]  # signed: + credit, - debit
     balance_after: Mapped[Money]
     cdr_id: Mapped[int | None] = mapped_column(ForeignKey("cdrs.id"))

@@ -46,7 +46,9 @@ from billing.domain import (
 from billing.money import ZERO, round_money
 from billing.pins import looks_like_pin, make_pin_hasher
 from billing.rating import Rate, billed_seconds, cost
+from billing.settings import Settings
 from billing.storage.database import Database
+from billing.storage.keys import load_or_create_pin_key
 from billing.storage.models import (
     BindNumber,
     Card,
@@ -118,7 +120,9 @@ def _rate_of(session: LiveSession) -> Rate:
     )
 
 
-def session_key(nas_id: int, boot_epoch: int, acct_session_id: str | None, conf_id: str | None) -> str | None:
+def session_key(
+    nas_id: int, boot_epoch: int, acct_session_id: str | None, conf_id: str | None
+) -> str | None:
     """The NAS's own identity of a call: NAS, its boot epoch and Acct-Session-Id (else conf id).
 
     The boot epoch changes on Accounting-On/Off, so a rebooted NAS that reuses an
@@ -187,7 +191,9 @@ class Store:
     def _identify(self, s: Session, req: AuthRequest, now: datetime) -> Identified:
         user = req.user_name.strip()
         if req.calling_number and (not user or user == req.calling_number):
-            card_id = s.scalar(select(BindNumber.card_id).where(BindNumber.ani == req.calling_number))
+            card_id = s.scalar(
+                select(BindNumber.card_id).where(BindNumber.ani == req.calling_number)
+            )
             if card_id is not None:
                 return Identified(card_id, "ani")
             if not user or req.password in (None, "", user):
@@ -249,12 +255,17 @@ class Store:
             if ident.method == "card" and card.failed_pin_count:
                 card.failed_pin_count = 0
             open_calls = s.execute(
-                select(func.count(LiveSession.id), func.coalesce(func.sum(LiveSession.reserved_amount), 0))
+                select(
+                    func.count(LiveSession.id),
+                    func.coalesce(func.sum(LiveSession.reserved_amount), 0),
+                )
                 .where(LiveSession.card_id == card.id)
                 .where(LiveSession.state.in_(OPEN_STATES))
                 .where(LiveSession.deadline_at > now)
             ).one()
-            rate_row = find_rate(s, card.rate_group_id, req.called_number) if req.called_number else None
+            rate_row = (
+                find_rate(s, card.rate_group_id, req.called_number) if req.called_number else None
+            )
             rate = rate_from_row(rate_row) if rate_row is not None else None
             decision = decide(
                 _card_snapshot(card),
@@ -354,7 +365,9 @@ class Store:
             live.deadline_at = now + timedelta(
                 seconds=remaining + self.sessions.stale_margin_seconds
             )
-            return AcctResult("started" if ev.status == AcctStatus.START else "updated", str(card.serial))
+            return AcctResult(
+                "started" if ev.status == AcctStatus.START else "updated", str(card.serial)
+            )
 
     def _find_call(self, s: Session, ev: AcctEvent, key: str | None) -> LiveSession | None:
         if ev.token:
@@ -399,7 +412,9 @@ class Store:
         """Who pays for a call that was never authorized here (Stop without any grant)."""
         user = ev.user_name.strip()
         if ev.calling_number and (not user or user == ev.calling_number):
-            card_id = s.scalar(select(BindNumber.card_id).where(BindNumber.ani == ev.calling_number))
+            card_id = s.scalar(
+                select(BindNumber.card_id).where(BindNumber.ani == ev.calling_number)
+            )
             if card_id is not None:
                 return s.get(Card, card_id)
         if user and looks_like_pin(user):
@@ -498,7 +513,11 @@ class Store:
         rate = _rate_of(live)
         billed = billed_seconds(rate, seconds)
         unlimited = card.card_type == CardType.UNLIMITED
-        call_cost = round_money(ZERO, self.limits.places) if unlimited else cost(rate, seconds, self.limits.places)
+        call_cost = (
+            round_money(ZERO, self.limits.places)
+            if unlimited
+            else cost(rate, seconds, self.limits.places)
+        )
         card.balance = round_money(card.balance - call_cost, self.limits.places)
         cdr = Cdr(
             call_key=live.token,
@@ -567,7 +586,9 @@ class Store:
                 .where(LiveSession.conf_id == ev.conf_id)
                 .order_by(LiveSession.id.desc())
             ).first()
-        card = s.get(Card, billed.card_id) if billed is not None else self._card_for_accounting(s, ev)
+        card = (
+            s.get(Card, billed.card_id) if billed is not None else self._card_for_accounting(s, ev)
+        )
         if card is None:
             return AcctResult("unmatched")
         seconds = ev.session_seconds or 0
@@ -657,3 +678,22 @@ class Store:
             return ReapResult(
                 released=released, closed=closed, purged=int(purged or 0), live=int(live or 0)
             )
+
+
+def store_from_settings(settings: Settings, db: Database) -> Store:
+    """The store the server and ``prepaidctl`` both use, configured from the settings."""
+    billing = settings["billing"]
+    return Store(
+        db,
+        pin_key=load_or_create_pin_key(settings.pin_key_file),
+        limits=Limits(
+            max_session_seconds=int(billing["max_session_seconds"]),
+            places=settings.money_places,
+        ),
+        security=SecurityPolicy(card_failure_limit=int(settings["security"]["card_failure_limit"])),
+        sessions=SessionPolicy(
+            start_timeout_seconds=int(billing["start_timeout_seconds"]),
+            stale_margin_seconds=int(billing["stale_margin_seconds"]),
+            closed_session_retention_days=int(billing["closed_session_retention_days"]),
+        ),
+    )

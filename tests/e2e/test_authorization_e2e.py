@@ -10,7 +10,6 @@ from collections.abc import Iterator
 
 import pytest
 from pyrad import packet as rp
-
 from support import DICTIONARY, Deployment, Radius, ServerProcess, radclient
 
 pytestmark = pytest.mark.e2e
@@ -40,7 +39,9 @@ def return_code(reply: rp.Packet) -> str:
     return reply["h323-return-code"][0]
 
 
-def test_pin_gets_session_timeout_4242_with_radclient(deployment: Deployment, server: ServerProcess) -> None:
+def test_pin_gets_session_timeout_4242_with_radclient(
+    deployment: Deployment, server: ServerProcess
+) -> None:
     card = deployment.create_cards(1, "5.00")[0]
     out = radclient(
         server.auth_port,
@@ -60,7 +61,9 @@ def test_pin_gets_session_timeout_4242_with_radclient(deployment: Deployment, se
     assert card["pin"] not in server.output()  # a PIN never reaches the logs
 
 
-def test_wrong_pin_is_rejected_with_reason(deployment: Deployment, server: ServerProcess, nas: Radius) -> None:
+def test_wrong_pin_is_rejected_with_reason(
+    deployment: Deployment, server: ServerProcess, nas: Radius
+) -> None:
     card = deployment.create_cards(1, "5.00")[0]
     wrong = card["pin"][:-1] + str((int(card["pin"][-1]) + 1) % 10)
     reply = nas.send(nas.access_request(wrong, Called_Station_Id=UK_NUMBER), server.auth_port)
@@ -71,12 +74,17 @@ def test_wrong_pin_is_rejected_with_reason(deployment: Deployment, server: Serve
 
 def test_card_number_and_pin(deployment: Deployment, server: ServerProcess, nas: Radius) -> None:
     card = deployment.create_cards(1, "5.00")[0]
-    ok = nas.send(nas.access_request(card["serial"], card["pin"], Called_Station_Id=UK_NUMBER), server.auth_port)
+    ok = nas.send(
+        nas.access_request(card["serial"], card["pin"], Called_Station_Id=UK_NUMBER),
+        server.auth_port,
+    )
     assert ok is not None and ok.code == rp.AccessAccept
     assert ok["Session-Timeout"] == [4242]
 
 
-def test_card_attacked_by_card_number_is_locked(deployment: Deployment, server: ServerProcess) -> None:
+def test_card_attacked_by_card_number_is_locked(
+    deployment: Deployment, server: ServerProcess
+) -> None:
     card = deployment.create_cards(1, "5.00")[0]
     wrong = "1234567890"
     codes = []
@@ -84,7 +92,9 @@ def test_card_attacked_by_card_number_is_locked(deployment: Deployment, server: 
         # each attempt from a different ANI so that source lockout does not hide the card lock
         client = Radius()
         reply = client.send(
-            client.access_request(card["serial"], wrong, Called_Station_Id=UK_NUMBER, Calling_Station_Id=f"1555000{i}"),
+            client.access_request(
+                card["serial"], wrong, Called_Station_Id=UK_NUMBER, Calling_Station_Id=f"1555000{i}"
+            ),
             server.auth_port,
         )
         client.close()
@@ -94,13 +104,17 @@ def test_card_attacked_by_card_number_is_locked(deployment: Deployment, server: 
     shown = deployment.ctl_json("card", "show", card["serial"])
     assert shown["state"] == "locked"
     client = Radius()
-    reply = client.send(client.access_request(card["pin"], Called_Station_Id=UK_NUMBER), server.auth_port)
+    reply = client.send(
+        client.access_request(card["pin"], Called_Station_Id=UK_NUMBER), server.auth_port
+    )
     client.close()
     assert reply is not None and reply.code == rp.AccessReject
     assert return_code(reply) == "h323-return-code=7"
 
 
-def test_bound_ani_is_accepted_without_pin(deployment: Deployment, server: ServerProcess, nas: Radius) -> None:
+def test_bound_ani_is_accepted_without_pin(
+    deployment: Deployment, server: ServerProcess, nas: Radius
+) -> None:
     card = deployment.create_cards(1, "5.00")[0]
     deployment.ctl("bind", "add", card["serial"], "+44 20 7946 0000")
     reply = nas.send(
@@ -111,23 +125,33 @@ def test_bound_ani_is_accepted_without_pin(deployment: Deployment, server: Serve
     assert reply["Session-Timeout"] == [4242]
     # User-Name equal to the ANI is the same identity
     again = nas.send(
-        nas.access_request("442079460000", Calling_Station_Id="442079460000", Called_Station_Id="4420000000"),
+        nas.access_request(
+            "442079460000", Calling_Station_Id="442079460000", Called_Station_Id="4420000000"
+        ),
         server.auth_port,
     )
-    assert again is not None and again.code == rp.AccessReject  # Max Calls 1: the first grant is live
+    assert (
+        again is not None and again.code == rp.AccessReject
+    )  # Max Calls 1: the first grant is live
     assert reply_message(again) == "Card in use"
 
 
-def test_max_calls_one_rejects_second_grant(deployment: Deployment, server: ServerProcess, nas: Radius) -> None:
+def test_max_calls_one_rejects_second_grant(
+    deployment: Deployment, server: ServerProcess, nas: Radius
+) -> None:
     card = deployment.create_cards(1, "5.00")[0]
     first = nas.send(nas.access_request(card["pin"], Called_Station_Id=UK_NUMBER), server.auth_port)
     assert first is not None and first.code == rp.AccessAccept
-    second = nas.send(nas.access_request(card["pin"], Called_Station_Id=UK_NUMBER), server.auth_port)
+    second = nas.send(
+        nas.access_request(card["pin"], Called_Station_Id=UK_NUMBER), server.auth_port
+    )
     assert second is not None and second.code == rp.AccessReject
     assert return_code(second) == "h323-return-code=3"
 
 
-def test_concurrent_grants_never_spend_the_same_money(deployment: Deployment, server: ServerProcess) -> None:
+def test_concurrent_grants_never_spend_the_same_money(
+    deployment: Deployment, server: ServerProcess
+) -> None:
     card = deployment.create_cards(1, "5.00", max_calls="3")[0]
     clients = [Radius() for _ in range(3)]
     packets = [c.access_request(card["pin"], Called_Station_Id=UK_NUMBER) for c in clients]
@@ -161,7 +185,9 @@ def test_unknown_nas_gets_no_reply(server: ServerProcess) -> None:
     server.wait_for("radius.drop", reason="unknown-nas")
 
 
-def test_bad_message_authenticator_gets_no_reply(deployment: Deployment, server: ServerProcess) -> None:
+def test_bad_message_authenticator_gets_no_reply(
+    deployment: Deployment, server: ServerProcess
+) -> None:
     card = deployment.create_cards(1, "5.00")[0]
     forger = Radius(secret=b"not-the-secret")
     pkt = forger.access_request(card["pin"], Called_Station_Id=UK_NUMBER)
@@ -170,7 +196,9 @@ def test_bad_message_authenticator_gets_no_reply(deployment: Deployment, server:
     server.wait_for("radius.drop", reason="bad-message-authenticator")
 
 
-def test_retransmission_gets_the_same_bytes_and_one_grant(deployment: Deployment, server: ServerProcess, nas: Radius) -> None:
+def test_retransmission_gets_the_same_bytes_and_one_grant(
+    deployment: Deployment, server: ServerProcess, nas: Radius
+) -> None:
     card = deployment.create_cards(1, "5.00", max_calls="2")[0]
     data = nas.access_request(card["pin"], Called_Station_Id=UK_NUMBER).RequestPacket()
     first = nas.send_raw(data, server.auth_port)
@@ -180,7 +208,9 @@ def test_retransmission_gets_the_same_bytes_and_one_grant(deployment: Deployment
     assert len(sessions) == 1
 
 
-def test_malformed_datagrams_are_dropped_and_counted(deployment: Deployment, server: ServerProcess, nas: Radius) -> None:
+def test_malformed_datagrams_are_dropped_and_counted(
+    deployment: Deployment, server: ServerProcess, nas: Radius
+) -> None:
     garbage = [
         b"\x01\x02",  # too short
         b"\x01\x07\x00\x30" + b"\x00" * 16,  # length beyond the datagram
@@ -197,7 +227,10 @@ def test_malformed_datagrams_are_dropped_and_counted(deployment: Deployment, ser
 
 
 def test_status_server_is_answered_on_both_ports(server: ServerProcess, nas: Radius) -> None:
-    for port, code in ((server.auth_port, rp.AccessAccept), (server.acct_port, rp.AccountingResponse)):
+    for port, code in (
+        (server.auth_port, rp.AccessAccept),
+        (server.acct_port, rp.AccountingResponse),
+    ):
         pkt = rp.AuthPacket(code=rp.StatusServer, secret=nas.secret, dict=DICTIONARY)
         pkt.add_message_authenticator()
         raw = nas.send_raw(pkt.RequestPacket(), port)
@@ -205,16 +238,29 @@ def test_status_server_is_answered_on_both_ports(server: ServerProcess, nas: Rad
         assert raw[0] == code
 
 
-def test_locked_out_ani_is_refused_even_with_a_good_pin(deployment: Deployment, server: ServerProcess, nas: Radius) -> None:
+def test_locked_out_ani_is_refused_even_with_a_good_pin(
+    deployment: Deployment, server: ServerProcess, nas: Radius
+) -> None:
     card = deployment.create_cards(1, "5.00")[0]
     ani = "15559990000"
     for _ in range(5):
-        reply = nas.send(nas.access_request("1234567897", Calling_Station_Id=ani, Called_Station_Id=UK_NUMBER), server.auth_port)
+        reply = nas.send(
+            nas.access_request("1234567897", Calling_Station_Id=ani, Called_Station_Id=UK_NUMBER),
+            server.auth_port,
+        )
         assert reply is not None and reply.code == rp.AccessReject
-    reply = nas.send(nas.access_request(card["pin"], Calling_Station_Id=ani, Called_Station_Id=UK_NUMBER), server.auth_port)
+    reply = nas.send(
+        nas.access_request(card["pin"], Calling_Station_Id=ani, Called_Station_Id=UK_NUMBER),
+        server.auth_port,
+    )
     assert reply is not None and reply.code == rp.AccessReject
     assert return_code(reply) == "h323-return-code=10"
-    other = nas.send(nas.access_request(card["pin"], Calling_Station_Id="15550000001", Called_Station_Id=UK_NUMBER), server.auth_port)
+    other = nas.send(
+        nas.access_request(
+            card["pin"], Calling_Station_Id="15550000001", Called_Station_Id=UK_NUMBER
+        ),
+        server.auth_port,
+    )
     assert other is not None and other.code == rp.AccessAccept
 
 
@@ -222,8 +268,13 @@ def test_pyrad_client_library_interoperates(deployment: Deployment, server: Serv
     from pyrad.client import Client
 
     card = deployment.create_cards(1, "5.00")[0]
-    client = Client(server="127.0.0.1", authport=server.auth_port, acctport=server.acct_port,
-                    secret=b"s3cret", dict=DICTIONARY)
+    client = Client(
+        server="127.0.0.1",
+        authport=server.auth_port,
+        acctport=server.acct_port,
+        secret=b"s3cret",
+        dict=DICTIONARY,
+    )
     client.timeout = 2
     client.retries = 1
     req = client.CreateAuthPacket(code=rp.AccessRequest, User_Name=card["pin"])

@@ -28,12 +28,14 @@ from billing.storage.models import Batch, Card, Cdr, LedgerEntry, NasClient, Rat
 from billing.storage.store import SecurityPolicy, SessionPolicy, Store
 
 KEY = b"k" * 32
-EPOCH = datetime(2026, 1, 1)
+EPOCH = datetime(2026, 1, 1)  # noqa: DTZ001 - storage times are naive UTC
 UK = Rate("44", Decimal("0.07"), Decimal("0.05"), 30, 6, 0)
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
-def store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
+def store(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Store]:
     if request.param == "postgres":
         url = request.getfixturevalue("postgres_url")
     else:
@@ -41,19 +43,53 @@ def store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     schema.upgrade(url)
     db = Database.from_url(url)
     with db.transaction() as s:
-        s.add(NasClient(name="gw", address="127.0.0.1", secret="x", profile="generic",
-                        require_message_authenticator="no", message_authenticator_seen=False,
-                        boot_epoch=0, created_at=EPOCH))
+        s.add(
+            NasClient(
+                name="gw",
+                address="127.0.0.1",
+                secret="x",
+                profile="generic",
+                require_message_authenticator="no",
+                message_authenticator_seen=False,
+                boot_epoch=0,
+                created_at=EPOCH,
+            )
+        )
         group = RateGroup(name="g", currency="USD", created_at=EPOCH)
         s.add(group)
         s.flush()
-        s.add(RateRow(rate_group_id=group.id, prefix=UK.prefix, description="", price_per_minute=UK.price_per_minute,
-                      connection_fee=UK.connection_fee, first_increment=UK.first_increment,
-                      next_increment=UK.next_increment, grace_seconds=UK.grace_seconds))
-        s.add(Batch(card_type="rechargeable", face_value=Decimal(0), currency="USD", rate_group_id=group.id,
-                    validity_days=None, grace_days=0, expires_on=None, max_calls=3, pin_length=12,
-                    pin_prefix="", activation_mode="manual", card_count=0, first_serial=1, last_serial=1,
-                    note="", created_at=EPOCH))
+        s.add(
+            RateRow(
+                rate_group_id=group.id,
+                prefix=UK.prefix,
+                description="",
+                price_per_minute=UK.price_per_minute,
+                connection_fee=UK.connection_fee,
+                first_increment=UK.first_increment,
+                next_increment=UK.next_increment,
+                grace_seconds=UK.grace_seconds,
+            )
+        )
+        s.add(
+            Batch(
+                card_type="rechargeable",
+                face_value=Decimal(0),
+                currency="USD",
+                rate_group_id=group.id,
+                validity_days=None,
+                grace_days=0,
+                expires_on=None,
+                max_calls=3,
+                pin_length=12,
+                pin_prefix="",
+                activation_mode="manual",
+                card_count=0,
+                first_serial=1,
+                last_serial=1,
+                note="",
+                created_at=EPOCH,
+            )
+        )
     yield Store(db, KEY, Limits(), SecurityPolicy(), SessionPolicy(stale_margin_seconds=60))
     db.dispose()
 
@@ -71,7 +107,9 @@ call = st.fixed_dictionaries(
 )
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(balance=st.decimals("0", "3", places=2), calls=st.lists(call, min_size=1, max_size=6))
 def test_cdrs_ledger_and_balance_agree(store: Store, balance: Decimal, calls: list[dict]) -> None:
     serial = next(serials)
@@ -80,10 +118,23 @@ def test_cdrs_ledger_and_balance_agree(store: Store, balance: Decimal, calls: li
         batch_id = s.scalar(select(Batch.id))
         group_id = s.scalar(select(RateGroup.id))
         nas_id = s.scalar(select(NasClient.id))
-        card = Card(serial=serial, batch_id=batch_id, pin_hash=pin_hash(KEY, pin), card_type="rechargeable",
-                    state="active", locked=False, balance=balance, currency="USD", rate_group_id=group_id,
-                    max_calls=3, activation_mode="manual", validity_days=None, grace_days=0,
-                    failed_pin_count=0, created_at=EPOCH)
+        card = Card(
+            serial=serial,
+            batch_id=batch_id,
+            pin_hash=pin_hash(KEY, pin),
+            card_type="rechargeable",
+            state="active",
+            locked=False,
+            balance=balance,
+            currency="USD",
+            rate_group_id=group_id,
+            max_calls=3,
+            activation_mode="manual",
+            validity_days=None,
+            grace_days=0,
+            failed_pin_count=0,
+            created_at=EPOCH,
+        )
         s.add(card)
         s.flush()
         card_id = card.id
@@ -91,8 +142,14 @@ def test_cdrs_ledger_and_balance_agree(store: Store, balance: Decimal, calls: li
     for n, c in enumerate(calls):
         now += timedelta(seconds=1000)
         result = store.authorize(  # card number + PIN
-            AuthRequest(nas_id=nas_id, user_name=str(serial), password=pin, calling_number="1555",
-                        called_number="441234", acct_session_id=f"{serial}-{n}"),
+            AuthRequest(
+                nas_id=nas_id,
+                user_name=str(serial),
+                password=pin,
+                calling_number="1555",
+                called_number="441234",
+                acct_session_id=f"{serial}-{n}",
+            ),
             now,
         )
         if n == 0 and balance >= cost(UK, 30):
@@ -105,23 +162,39 @@ def test_cdrs_ledger_and_balance_agree(store: Store, balance: Decimal, calls: li
             # the grant is affordable from what the card held when it was made
             assert cost(UK, result.session_seconds) <= result.available_amount
         token = result.token if c["echo_class"] else None
-        base = {"nas_id": nas_id, "token": token, "acct_session_id": f"{serial}-{n}",
-                "calling_number": "1555", "called_number": "441234"}
+        base = {
+            "nas_id": nas_id,
+            "token": token,
+            "acct_session_id": f"{serial}-{n}",
+            "calling_number": "1555",
+            "called_number": "441234",
+        }
         if c["start"]:
             store.account(AcctEvent(status=AcctStatus.START, event_at=now, **base), now)
         for progress in c["interims"]:
-            store.account(AcctEvent(status=AcctStatus.INTERIM, event_at=now, session_seconds=progress, **base), now)
+            store.account(
+                AcctEvent(
+                    status=AcctStatus.INTERIM, event_at=now, session_seconds=progress, **base
+                ),
+                now,
+            )
         for _ in range(c["stops"]):
             store.account(
-                AcctEvent(status=AcctStatus.STOP, event_at=now + timedelta(seconds=c["duration"]),
-                          session_seconds=c["duration"], **base),
+                AcctEvent(
+                    status=AcctStatus.STOP,
+                    event_at=now + timedelta(seconds=c["duration"]),
+                    session_seconds=c["duration"],
+                    **base,
+                ),
                 now + timedelta(seconds=c["duration"]),
             )
     store.reap(now + timedelta(days=1))  # closes every call whose Stop was lost
     with store.db.transaction() as s:
         final = s.get(Card, card_id)
         assert final is not None
-        cdr_total = s.scalar(select(func.coalesce(func.sum(Cdr.cost), 0)).where(Cdr.card_id == card_id))
+        cdr_total = s.scalar(
+            select(func.coalesce(func.sum(Cdr.cost), 0)).where(Cdr.card_id == card_id)
+        )
         ledger_total = s.scalar(
             select(func.coalesce(func.sum(LedgerEntry.amount), 0))
             .where(LedgerEntry.card_id == card_id)

@@ -15,8 +15,12 @@ BIN = Path(sys.executable).parent
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
 def test_units_verify(tmp_path: Path) -> None:
-    names = sorted(p.name for p in UNITS.glob("*.service")) + sorted(p.name for p in UNITS.glob("*.timer"))
-    assert {"prepaid-radiusd.service", "prepaid-expire.service", "prepaid-expire.timer"} <= set(names)
+    names = sorted(p.name for p in UNITS.glob("*.service")) + sorted(
+        p.name for p in UNITS.glob("*.timer")
+    )
+    assert {"prepaid-radiusd.service", "prepaid-expire.service", "prepaid-expire.timer"} <= set(
+        names
+    )
     for name in names:
         # verify checks that ExecStart exists: point it at this virtualenv's console scripts
         text = (UNITS / name).read_text().replace("/opt/prepaid-aaa/bin", str(BIN))
@@ -27,7 +31,11 @@ def test_units_verify(tmp_path: Path) -> None:
         text=True,
         timeout=60,
     )
-    problems = [line for line in (result.stdout + result.stderr).splitlines() if str(tmp_path) in line or "prepaid" in line]
+    problems = [
+        line
+        for line in (result.stdout + result.stderr).splitlines()
+        if str(tmp_path) in line or "prepaid" in line
+    ]
     assert result.returncode == 0 and not problems, result.stdout + result.stderr
 
 
