@@ -30,7 +30,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "log_level": "info",
         "threads": 8,  # worker threads for blocking database and Redis work
         "nas_refresh_seconds": 10.0,  # how soon `prepaidctl nas add` reaches a running server
-        "workers": 1,
+        "workers": 1,  # server processes sharing the ports (SO_REUSEPORT); > 1 needs Redis
+        "reuse_port": False,  # set for worker processes; share the ports with other processes
     },
     "database": {
         "url": "",  # default: sqlite:///<state_dir>/prepaid-aaa.sqlite3

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +36,25 @@ def throttle_policy(settings: Settings) -> ThrottlePolicy:
         window_seconds=int(sec["failure_window_seconds"]),
         lockout_seconds=int(sec["lockout_seconds"]),
     )
+
+
+def listen_udp(reactor: Any, reuse_port: bool, port: int, protocol: Any, interface: str) -> Any:
+    """Listen on UDP; with ``reuse_port`` several processes share the port (SO_REUSEPORT).
+
+    The kernel spreads datagrams over the processes by source address and port, so one NAS's
+    retransmissions reach the same process (and the Redis reply cache covers the rest).
+    """
+    if not reuse_port:
+        return reactor.listenUDP(port, protocol, interface=interface)
+    family = socket.AF_INET6 if ":" in interface else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((interface, port))
+        sock.setblocking(False)
+        return reactor.adoptDatagramPort(sock.fileno(), family, protocol)
+    finally:
+        sock.close()  # the reactor keeps its own duplicate of the descriptor
 
 
 @dataclass
@@ -108,11 +128,12 @@ def start(settings: Settings, reactor: Any) -> Running:
     handler.status_text = lambda: "Prepaid AAA is up: " + metrics.summary()
     server = RadiusServer(reactor, pool, handler, nas_table, local, metrics)
     bind = str(radius["bind"])
-    auth_port = reactor.listenUDP(
-        int(radius["auth_port"]), RadiusProtocol(server, AUTH), interface=bind
+    reuse = bool(settings["server"]["reuse_port"])
+    auth_port = listen_udp(
+        reactor, reuse, int(radius["auth_port"]), RadiusProtocol(server, AUTH), interface=bind
     )
-    acct_port = reactor.listenUDP(
-        int(radius["acct_port"]), RadiusProtocol(server, ACCT), interface=bind
+    acct_port = listen_udp(
+        reactor, reuse, int(radius["acct_port"]), RadiusProtocol(server, ACCT), interface=bind
     )
 
     metrics_port = None

@@ -24,9 +24,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--log-format", choices=["json", "console"], help="override [server] log_format"
     )
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     try:
         settings = load_settings(args.config)
+        workers = int(settings["server"]["workers"])
+        if workers > 1:
+            from radiusd import workers as supervisor
+
+            supervisor.check(settings)
+            if not args.worker:
+                forwarded = list(sys.argv[1:] if argv is None else argv)
+                return supervisor.supervise(forwarded, workers)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
