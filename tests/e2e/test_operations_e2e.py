@@ -1,0 +1,87 @@
+"""Operating the server: a test call from the CLI, the metrics endpoint, Status-Server counters."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+from pyrad import packet as rp
+
+from support import DICTIONARY, Deployment, Radius, ServerProcess
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def server(deployment: Deployment) -> Iterator[ServerProcess]:
+    deployment.add_nas("gw1", profile="cisco")
+    deployment.add_rates()
+    yield deployment.start_server(PREPAID_METRICS_ENABLED="true", PREPAID_METRICS_PORT="0")
+
+
+def call(deployment: Deployment, server: ServerProcess, *args: str) -> list[dict[str, str]]:
+    ports = {
+        "PREPAID_RADIUS_AUTH_PORT": str(server.auth_port),
+        "PREPAID_RADIUS_ACCT_PORT": str(server.acct_port),
+    }
+    out = deployment.ctl("call", *args, "--format", "json", env=ports)
+    return json.loads(out.stdout)
+
+
+def test_prepaidctl_call_plays_and_bills_a_whole_call(deployment: Deployment, server: ServerProcess) -> None:
+    card = deployment.create_cards(1, "5.00")[0]
+    steps = call(deployment, server, "--pin", card["pin"], "--to", "441234567890", "--seconds", "125")
+    assert [s["answer"] for s in steps] == ["Access-Accept", "Accounting-Response", "Accounting-Response"]
+    assert "Session-Timeout=4242" in steps[0]["details"]
+    assert deployment.ctl_json("card", "show", card["serial"])["balance"] == "4.8030"
+    bill = deployment.ctl_json("report", "card-bill", card["serial"])
+    rows = bill["rows"] if isinstance(bill, dict) else bill
+    assert [(c["cost"], c["billed_seconds"]) for c in rows] == [("0.1970", 126)]
+
+
+def test_prepaidctl_call_shows_a_rejection(deployment: Deployment, server: ServerProcess) -> None:
+    steps = call(deployment, server, "--pin", "1234567897", "--to", "441234567890")
+    assert len(steps) == 1
+    assert steps[0]["answer"] == "Access-Reject"
+    assert "h323-return-code=1" in steps[0]["details"]
+
+
+def test_prepaidctl_call_without_a_server_is_one_line_error(deployment: Deployment, server: ServerProcess) -> None:
+    result = deployment.ctl(
+        "call", "--pin", "1234567897", "--to", "441234567890",
+        check=False,
+        env={"PREPAID_RADIUS_AUTH_PORT": "9", "PREPAID_RADIUS_ACCT_PORT": "9"},
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: no answer") and result.stderr.count("\n") == 1
+    assert "Traceback" not in result.stderr
+
+
+def test_metrics_endpoint_counts_requests_and_drops(deployment: Deployment, server: ServerProcess) -> None:
+    card = deployment.create_cards(1, "5.00")[0]
+    call(deployment, server, "--pin", card["pin"], "--to", "441234567890", "--seconds", "30")
+    nas = Radius()
+    nas.send_raw(b"\x01\x02junk", server.auth_port, timeout=0.3)
+    nas.close()
+    server.wait_for("radius.drop", reason="short-packet")
+    assert server.metrics_port
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5) as resp:
+        body = resp.read().decode()
+    assert 'prepaid_radius_requests_total{kind="auth",result="accept"}' in body
+    assert 'prepaid_radius_requests_total{kind="acct",result="ack"}' in body
+    assert 'prepaid_radius_drops_total{reason="short-packet"}' in body
+    assert "prepaid_radius_latency_seconds_bucket" in body
+
+
+def test_status_server_reply_carries_counters(server: ServerProcess) -> None:
+    nas = Radius()
+    pkt = rp.AuthPacket(code=rp.StatusServer, secret=nas.secret, dict=DICTIONARY)
+    pkt.add_message_authenticator()
+    reply = nas.send(pkt, server.auth_port)
+    nas.close()
+    assert reply is not None and reply.code == rp.AccessAccept
+    message = reply["Reply-Message"][0]
+    assert message.startswith("Prepaid AAA is up: accept=")
+    assert "drops=" in message
