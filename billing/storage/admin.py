@@ -23,8 +23,15 @@ Decisions written down here:
   the export, the whole batch rolls back (the caller deletes the partial export file).
 - An absolute expiry date means the card stops working at the end of that day (23:59:59 UTC).
 - Activation only moves ``inactive`` cards to ``active``; validity still starts at first use.
-- Recharge is for ``rechargeable`` cards only and refused on expired or retired cards; an
-  ``exhausted`` card becomes ``active`` again.
+  Lock, unlock and activate choose cards the same way: serials, a batch, or a serial range.
+  A bulk lock leaves already locked cards (and their reason) alone; unlock never unlocks a card
+  whose balance was transferred away.
+- Recharge (see :meth:`Admin.recharge`) is for ``rechargeable`` cards only; it is allowed in the
+  grace period after expiry and reactivates the card, and refused once the grace period is over.
+- Transfer (see :meth:`Admin.transfer`) moves a lost card's whole balance to another card of the
+  same currency; the old card ends ``retired``, locked with reason ``transferred``, balance 0.
+- Batch figures come from the ledger: value issued is the sum of ``creation`` entries, recharges
+  the sum of ``recharge`` entries; value remaining is the sum of the cards' balances.
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ from sqlalchemy import (
     String,
     Table,
     bindparam,
+    case,
     delete,
     exists,
     func,
@@ -88,6 +96,8 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
 _BATCH_LOCK_KEY = 0x70_72_65_70  # pg_advisory_xact_lock key for batch creation ("prep")
 OPEN_SESSION_STATES = ("authorized", "started")
+TRANSFERRED = "transferred"
+"""The lock reason of a card whose balance was moved to another card."""
 
 
 class AdminError(ValueError):
@@ -209,12 +219,79 @@ class ActivationResult:
 
 
 @dataclass(frozen=True, slots=True)
+class BulkResult:
+    matched: int  # cards selected
+    changed: int  # of those, cards the operation changed
+
+
+@dataclass(frozen=True, slots=True)
 class RechargeResult:
     serial: str
     amount: Decimal
     balance: Decimal
     currency: str
     state: str
+    expires_at: datetime | None = None
+    reactivated: bool = False  # an expired card (in its grace period) made active again
+
+
+@dataclass(frozen=True, slots=True)
+class TransferResult:
+    from_serial: str
+    to_serial: str
+    amount: Decimal
+    currency: str
+    to_balance: Decimal
+    to_state: str
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerRow:
+    created_at: datetime
+    kind: str
+    amount: Decimal
+    balance_after: Decimal
+    note: str
+
+
+@dataclass(frozen=True, slots=True)
+class CardHistory:
+    serial: str
+    currency: str
+    balance: Decimal
+    rows: tuple[LedgerRow, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class BatchSummary:
+    id: int
+    card_type: str
+    value: Decimal
+    currency: str
+    rate_group: str
+    count: int
+    first_serial: str
+    last_serial: str
+    value_remaining: Decimal
+    created_at: datetime
+    note: str
+
+
+CARD_STATES_SHOWN = ("inactive", "active", "locked", "expired", "exhausted", "retired")
+"""Effective states, in lifecycle order: "locked" stands for any locked card."""
+
+
+@dataclass(frozen=True, slots=True)
+class BatchDetail:
+    batch: BatchInfo
+    states: tuple[tuple[str, int], ...]  # effective state -> cards (all of CARD_STATES_SHOWN)
+    value_issued: Decimal  # sum of creation ledger entries
+    recharges: Decimal  # sum of recharge entries
+    call_revenue: Decimal  # minus the sum of call entries
+    breakage: Decimal  # minus the sum of expiry entries (balances forfeited)
+    transfers: Decimal  # net transfer entries (in minus out)
+    adjustments: Decimal
+    value_remaining: Decimal  # sum of balances
 
 
 @dataclass(frozen=True, slots=True)
@@ -903,6 +980,49 @@ class Admin:
         with self.db.transaction() as s:
             return self._card_info(s, self._card(s, serial))
 
+    @staticmethod
+    def _selection(
+        s: Session,
+        serials: Sequence[str | int],
+        batch_id: int | None,
+        serial_range: tuple[str | int, str | int] | None,
+    ) -> tuple[int, list[ColumnElement[bool]]]:
+        """Cards chosen by serials, by batch or by an inclusive serial range (exactly one way).
+
+        Returns how many cards that is and conditions that select them (several for a long list
+        of serials, each below the database's limit of bind parameters).
+        """
+        ways = (bool(serials), batch_id is not None, serial_range is not None)
+        if sum(1 for way in ways if way) != 1:
+            raise AdminError("choose the cards by serials, by batch or by range (exactly one)")
+        if serials:
+            numbers = sorted({parse_serial(x) for x in serials})
+            found: set[int] = set()
+            conditions: list[ColumnElement[bool]] = []
+            for start in range(0, len(numbers), _IN_CHUNK):
+                part = numbers[start : start + _IN_CHUNK]
+                found.update(s.scalars(select(Card.serial).where(Card.serial.in_(part))))
+                conditions.append(Card.serial.in_(part))
+            missing = [n for n in numbers if n not in found]
+            if missing:
+                more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+                raise AdminError(f"no card with serial {missing[0]}{more}")
+            return len(numbers), conditions
+        if batch_id is not None:
+            if s.get(Batch, batch_id) is None:
+                raise AdminError(f"no batch with id {batch_id}")
+            condition = Card.batch_id == batch_id
+        else:
+            assert serial_range is not None
+            lo, hi = parse_serial(serial_range[0]), parse_serial(serial_range[1])
+            if lo > hi:
+                raise AdminError(f"bad serial range {lo}-{hi}: the first is after the last")
+            condition = Card.serial.between(lo, hi)
+        matched = int(s.scalar(select(func.count(Card.id)).where(condition)) or 0)
+        if matched == 0:
+            raise AdminError("no cards in that serial range")
+        return matched, [condition]
+
     def activate(
         self,
         now: datetime,
@@ -912,40 +1032,10 @@ class Admin:
         serial_range: tuple[str | int, str | int] | None = None,
     ) -> ActivationResult:
         """Activate inactive cards chosen by serials, by batch or by an inclusive serial range."""
-        ways = (bool(serials), batch_id is not None, serial_range is not None)
-        chosen = sum(1 for way in ways if way)
-        if chosen != 1:
-            raise AdminError("choose the cards by serials, by batch or by range (exactly one)")
         with self.db.transaction() as s:
-            if serials:
-                numbers = sorted({parse_serial(x) for x in serials})
-                found: set[int] = set()
-                for start in range(0, len(numbers), _IN_CHUNK):
-                    part = numbers[start : start + _IN_CHUNK]
-                    found.update(s.scalars(select(Card.serial).where(Card.serial.in_(part))))
-                missing = [n for n in numbers if n not in found]
-                if missing:
-                    more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-                    raise AdminError(f"no card with serial {missing[0]}{more}")
-                activated = 0
-                for start in range(0, len(numbers), _IN_CHUNK):
-                    part = numbers[start : start + _IN_CHUNK]
-                    activated += self._activate_where(s, now, Card.serial.in_(part))
-                return ActivationResult(len(numbers), activated)
-            if batch_id is not None:
-                if s.get(Batch, batch_id) is None:
-                    raise AdminError(f"no batch with id {batch_id}")
-                condition = Card.batch_id == batch_id
-            else:
-                assert serial_range is not None
-                lo, hi = parse_serial(serial_range[0]), parse_serial(serial_range[1])
-                if lo > hi:
-                    raise AdminError(f"bad serial range {lo}-{hi}: the first is after the last")
-                condition = Card.serial.between(lo, hi)
-            matched = int(s.scalar(select(func.count(Card.id)).where(condition)) or 0)
-            if matched == 0:
-                raise AdminError("no cards in that serial range")
-            return ActivationResult(matched, self._activate_where(s, now, condition))
+            matched, conditions = self._selection(s, serials, batch_id, serial_range)
+            activated = sum(self._activate_where(s, now, c) for c in conditions)
+            return ActivationResult(matched, activated)
 
     @staticmethod
     def _activate_where(s: Session, now: datetime, condition: ColumnElement[bool]) -> int:
@@ -958,35 +1048,126 @@ class Admin:
         )
         return _rowcount(result)
 
-    def lock(self, serial: str | int, reason: str = "") -> CardInfo:
+    @staticmethod
+    def _lock_reason(reason: str) -> str:
         reason = reason.strip() or "locked by operator"
         if len(reason) > 64:
             raise AdminError("the lock reason is longer than 64 characters")
+        if reason == TRANSFERRED:
+            raise AdminError(f"the lock reason {TRANSFERRED!r} is reserved for card transfer")
+        return reason
+
+    def lock(self, serial: str | int, reason: str = "") -> CardInfo:
+        reason = self._lock_reason(reason)
         with self.db.transaction() as s:
             card = self._card(s, serial, for_update=True)
+            if card.lock_reason == TRANSFERRED:
+                raise AdminError(f"card {card.serial} is locked: its balance was transferred")
             card.locked = True
             card.lock_reason = reason
             s.flush()
             return self._card_info(s, card)
 
+    def lock_cards(
+        self,
+        reason: str = "",
+        *,
+        serials: Sequence[str | int] = (),
+        batch_id: int | None = None,
+        serial_range: tuple[str | int, str | int] | None = None,
+    ) -> BulkResult:
+        """Lock every chosen card that is not locked yet (locked ones keep their reason)."""
+        reason = self._lock_reason(reason)
+        with self.db.transaction() as s:
+            matched, conditions = self._selection(s, serials, batch_id, serial_range)
+            changed = 0
+            for condition in conditions:
+                changed += _rowcount(
+                    s.execute(
+                        update(Card)
+                        .where(condition)
+                        .where(Card.locked.is_(False))
+                        .values(locked=True, lock_reason=reason)
+                        .execution_options(synchronize_session=False)
+                    )
+                )
+            return BulkResult(matched, changed)
+
     def unlock(self, serial: str | int) -> CardInfo:
         with self.db.transaction() as s:
             card = self._card(s, serial, for_update=True)
+            if card.lock_reason == TRANSFERRED:
+                raise AdminError(
+                    f"card {card.serial} stays locked: its balance was transferred to another card"
+                )
             card.locked = False
             card.lock_reason = None
             card.failed_pin_count = 0
             s.flush()
             return self._card_info(s, card)
 
+    def unlock_cards(
+        self,
+        *,
+        serials: Sequence[str | int] = (),
+        batch_id: int | None = None,
+        serial_range: tuple[str | int, str | int] | None = None,
+    ) -> BulkResult:
+        """Unlock the chosen locked cards (and reset their wrong-PIN counters).
+
+        Cards whose balance was transferred away stay locked.
+        """
+        with self.db.transaction() as s:
+            matched, conditions = self._selection(s, serials, batch_id, serial_range)
+            changed = 0
+            for condition in conditions:
+                changed += _rowcount(
+                    s.execute(
+                        update(Card)
+                        .where(condition)
+                        .where(Card.locked.is_(True))
+                        .where(
+                            Card.lock_reason.is_(None) | (Card.lock_reason != TRANSFERRED)
+                        )
+                        .values(locked=False, lock_reason=None, failed_pin_count=0)
+                        .execution_options(synchronize_session=False)
+                    )
+                )
+            return BulkResult(matched, changed)
+
     def recharge(
-        self, serial: str | int, amount: Decimal | str, now: datetime, note: str = ""
+        self,
+        serial: str | int,
+        amount: Decimal | str,
+        now: datetime,
+        note: str = "",
+        extend_days: int | None = None,
     ) -> RechargeResult:
+        """Top up a rechargeable card, and optionally extend its validity by ``extend_days``.
+
+        - Only ``rechargeable`` cards; never a ``retired`` one. An ``exhausted`` card becomes
+          ``active`` again.
+        - ``extend_days`` on a card that has not expired adds the days to ``expires_at``; a card
+          whose validity has not started yet (never used, no absolute expiry) gets that many more
+          validity days instead; a card that never expires refuses it.
+        - A card past its expiry (state ``expired``, or ``expires_at`` passed and the expiry run
+          not there yet) can be recharged during its grace period, ``now < expires_at +
+          grace_days``: the recharge reactivates it (state ``active``) and gives it a future
+          expiry: ``now + extend_days`` when given, else ``now + validity_days`` — a fresh
+          validity period from the recharge, as if the card were used for the first time today.
+          A card without validity days needs ``extend_days`` then. Reactivating a card whose
+          expiry has passed without a new expiry would leave it unusable, so that is never done.
+        - After the grace period the recharge is refused: the balance is forfeited (or will be by
+          the next expiry run) and the card is closed.
+        """
         try:
             value = parse_amount(amount, self.places)
         except MoneyError as exc:
             raise AdminError(f"amount: {exc}") from None
         if value <= 0:
             raise AdminError("the recharge amount must be greater than 0")
+        if extend_days is not None and extend_days < 1:
+            raise AdminError("--extend-days must be at least 1")
         with self.db.transaction() as s:
             card = self._card(s, serial, for_update=True)
             if card.card_type != CardType.RECHARGEABLE.value:
@@ -994,8 +1175,38 @@ class Admin:
                     f"card {card.serial} is a {card.card_type} card; only rechargeable cards "
                     "can be recharged"
                 )
-            if card.state in (CardState.EXPIRED.value, CardState.RETIRED.value):
-                raise AdminError(f"card {card.serial} is {card.state} and cannot be recharged")
+            if card.state == CardState.RETIRED.value:
+                raise AdminError(f"card {card.serial} is retired and cannot be recharged")
+            past_expiry = card.state == CardState.EXPIRED.value or (
+                card.expires_at is not None and card.expires_at <= now
+            )
+            reactivated = False
+            if past_expiry:
+                if card.expires_at is None or now >= card.expires_at + timedelta(
+                    days=card.grace_days
+                ):
+                    raise AdminError(
+                        f"card {card.serial} expired and its grace period is over; "
+                        "its balance is forfeited"
+                    )
+                days = extend_days if extend_days is not None else card.validity_days
+                if not days:
+                    raise AdminError(
+                        f"card {card.serial} has expired and has no validity days: "
+                        "give --extend-days N to recharge it"
+                    )
+                card.expires_at = now + timedelta(days=days)
+                card.state = CardState.ACTIVE.value
+                reactivated = True
+            elif extend_days is not None:
+                if card.expires_at is not None:
+                    card.expires_at = card.expires_at + timedelta(days=extend_days)
+                elif card.first_used_at is None and card.validity_days:
+                    card.validity_days = card.validity_days + extend_days
+                else:
+                    raise AdminError(
+                        f"card {card.serial} never expires; --extend-days does not apply"
+                    )
             balance = round_money(card.balance + value, self.places)
             card.balance = balance
             if card.state == CardState.EXHAUSTED.value:
@@ -1011,7 +1222,234 @@ class Admin:
                 )
             )
             s.flush()
-            return RechargeResult(str(card.serial), value, balance, card.currency, card.state)
+            return RechargeResult(
+                str(card.serial),
+                value,
+                balance,
+                card.currency,
+                card.state,
+                card.expires_at,
+                reactivated,
+            )
+
+    def transfer(
+        self, from_serial: str | int, to_serial: str | int, now: datetime
+    ) -> TransferResult:
+        """Move the whole remaining balance of a (lost) card to another card.
+
+        The old card ends ``retired``, locked with reason ``transferred``, balance 0; two ledger
+        entries of kind ``transfer`` (-x on the old card, +x on the new one) record the move.
+        Refused while the old card has live calls (they could still be billed to it), across
+        currencies, from or to an unlimited card (its balance buys no minutes), from a card with
+        nothing to move or whose grace period is over (its balance is forfeited), and to a card
+        that is not usable: locked, expired (by state or by date), retired. An ``exhausted``
+        target becomes ``active``. Both cards are locked in id order, so two transfers never
+        deadlock.
+        """
+        a, b = parse_serial(from_serial), parse_serial(to_serial)
+        if a == b:
+            raise AdminError("cannot transfer a card's balance to itself")
+        with self.db.transaction() as s:
+            cards = {
+                c.serial: c
+                for c in s.scalars(
+                    select(Card)
+                    .where(Card.serial.in_((a, b)))
+                    .order_by(Card.id)
+                    .with_for_update()
+                )
+            }
+            for number in (a, b):
+                if number not in cards:
+                    raise AdminError(f"no card with serial {number}")
+            old, new = cards[a], cards[b]
+            live = int(
+                s.scalar(
+                    select(func.count(LiveSession.id))
+                    .where(LiveSession.card_id == old.id)
+                    .where(LiveSession.state.in_(OPEN_SESSION_STATES))
+                )
+                or 0
+            )
+            if live:
+                raise AdminError(
+                    f"card {a} has {live} live call(s); transfer it when they have ended"
+                )
+            if old.currency != new.currency:
+                raise AdminError(
+                    f"card {a} is in {old.currency} and card {b} in {new.currency}; "
+                    "a transfer cannot change currency"
+                )
+            for card in (old, new):
+                if card.card_type == CardType.UNLIMITED.value:
+                    raise AdminError(
+                        f"card {card.serial} is an unlimited card; its balance cannot be moved"
+                    )
+            if old.state == CardState.RETIRED.value:
+                raise AdminError(f"card {a} is retired; there is nothing to transfer")
+            if old.expires_at is not None and now >= old.expires_at + timedelta(
+                days=old.grace_days
+            ):
+                raise AdminError(
+                    f"card {a} expired and its grace period is over; its balance is forfeited"
+                )
+            amount = round_money(old.balance, self.places)
+            if amount <= 0:
+                raise AdminError(f"card {a} has no balance to transfer")
+            if new.locked:
+                raise AdminError(f"card {b} is locked and cannot receive a transfer")
+            if new.state in (CardState.EXPIRED.value, CardState.RETIRED.value) or (
+                new.expires_at is not None and new.expires_at <= now
+            ):
+                state = new.state if new.state != CardState.ACTIVE.value else "expired"
+                raise AdminError(f"card {b} is {state} and cannot receive a transfer")
+
+            old.balance = round_money(ZERO, self.places)
+            old.locked = True
+            old.lock_reason = TRANSFERRED
+            old.state = CardState.RETIRED.value
+            new.balance = round_money(new.balance + amount, self.places)
+            if new.state == CardState.EXHAUSTED.value:
+                new.state = CardState.ACTIVE.value
+            s.add_all(
+                [
+                    LedgerEntry(
+                        card_id=old.id,
+                        kind=LedgerKind.TRANSFER,
+                        amount=-amount,
+                        balance_after=old.balance,
+                        note=f"to card {b}",
+                        created_at=now,
+                    ),
+                    LedgerEntry(
+                        card_id=new.id,
+                        kind=LedgerKind.TRANSFER,
+                        amount=amount,
+                        balance_after=new.balance,
+                        note=f"from card {a}",
+                        created_at=now,
+                    ),
+                ]
+            )
+            s.flush()
+            return TransferResult(str(a), str(b), amount, new.currency, new.balance, new.state)
+
+    def history(self, serial: str | int) -> CardHistory:
+        """A card's ledger, oldest first; call entries say which call they paid for."""
+        with self.db.transaction() as s:
+            card = self._card(s, serial)
+            rows = s.execute(
+                select(
+                    LedgerEntry.created_at,
+                    LedgerEntry.kind,
+                    LedgerEntry.amount,
+                    LedgerEntry.balance_after,
+                    LedgerEntry.note,
+                    Cdr.called_number,
+                    Cdr.duration_seconds,
+                )
+                .outerjoin(Cdr, Cdr.id == LedgerEntry.cdr_id)
+                .where(LedgerEntry.card_id == card.id)
+                .order_by(LedgerEntry.id)
+            ).all()
+            entries = []
+            for r in rows:
+                note = r.note or ""
+                if r.called_number is not None and not note:
+                    note = f"call to {r.called_number}, {r.duration_seconds} s"
+                entries.append(
+                    LedgerRow(
+                        created_at=r.created_at,
+                        kind=r.kind,
+                        amount=round_money(r.amount, self.places),
+                        balance_after=round_money(r.balance_after, self.places),
+                        note=note,
+                    )
+                )
+            return CardHistory(
+                str(card.serial),
+                card.currency,
+                round_money(card.balance, self.places),
+                tuple(entries),
+            )
+
+    # ----------------------------------------------------------------- batch figures
+    def batch_list(self) -> list[BatchSummary]:
+        with self.db.transaction() as s:
+            remaining = (
+                select(Card.batch_id, func.sum(Card.balance).label("remaining"))
+                .group_by(Card.batch_id)
+                .subquery()
+            )
+            rows = s.execute(
+                select(Batch, RateGroup.name, remaining.c.remaining)
+                .join(RateGroup, RateGroup.id == Batch.rate_group_id)
+                .outerjoin(remaining, remaining.c.batch_id == Batch.id)
+                .order_by(Batch.id)
+            ).all()
+            return [
+                BatchSummary(
+                    id=b.id,
+                    card_type=b.card_type,
+                    value=round_money(b.face_value, self.places),
+                    currency=b.currency,
+                    rate_group=name,
+                    count=b.card_count,
+                    first_serial=str(b.first_serial),
+                    last_serial=str(b.last_serial),
+                    value_remaining=self._sum(rest),
+                    created_at=b.created_at,
+                    note=b.note,
+                )
+                for b, name, rest in rows
+            ]
+
+    def _sum(self, value: object) -> Decimal:
+        """A SUM() from the database as money (SQLite may hand back a float or None)."""
+        if value is None:
+            return round_money(ZERO, self.places)
+        return round_money(Decimal(str(value)), self.places)
+
+    def batch_show(self, batch_id: int) -> BatchDetail:
+        with self.db.transaction() as s:
+            batch = s.get(Batch, batch_id)
+            if batch is None:
+                raise AdminError(f"no batch with id {batch_id}")
+            group_name = s.scalar(select(RateGroup.name).where(RateGroup.id == batch.rate_group_id))
+            effective = case(
+                (Card.locked.is_(True), literal("locked", String())), else_=Card.state
+            )
+            counts: dict[str, int] = {
+                state: int(n)
+                for state, n in s.execute(
+                    select(effective, func.count(Card.id))
+                    .where(Card.batch_id == batch.id)
+                    .group_by(effective)
+                )
+            }
+            remaining = s.scalar(select(func.sum(Card.balance)).where(Card.batch_id == batch.id))
+            sums = {
+                kind: total
+                for kind, total in s.execute(
+                    select(LedgerEntry.kind, func.sum(LedgerEntry.amount))
+                    .join(Card, Card.id == LedgerEntry.card_id)
+                    .where(Card.batch_id == batch.id)
+                    .group_by(LedgerEntry.kind)
+                )
+            }
+            states = tuple((state, int(counts.pop(state, 0))) for state in CARD_STATES_SHOWN)
+            states += tuple(sorted((k, int(v)) for k, v in counts.items()))
+            return BatchDetail(
+                batch=_batch_info(batch, group_name or ""),
+                states=states,
+                value_issued=self._sum(sums.get(LedgerKind.CREATION)),
+                recharges=self._sum(sums.get(LedgerKind.RECHARGE)),
+                call_revenue=-self._sum(sums.get(LedgerKind.CALL)),
+                breakage=-self._sum(sums.get(LedgerKind.EXPIRY)),
+                transfers=self._sum(sums.get(LedgerKind.TRANSFER)),
+                adjustments=self._sum(sums.get(LedgerKind.ADJUSTMENT)),
+                value_remaining=self._sum(remaining),
+            )
 
     # ----------------------------------------------------------------- bind numbers
     def _ani(self, raw: str) -> str:
