@@ -192,6 +192,7 @@ class Cdr(Base):
         Index("ix_cdrs_card_id_started_at", "card_id", "started_at"),
         Index("ix_cdrs_calling_number_started_at", "calling_number", "started_at"),
         Index("ix_cdrs_stopped_at", "stopped_at"),
+        Index("ix_cdrs_over_grant_stopped_at", "over_grant", "stopped_at"),
     )
 
     id: Mapped[int] = mapped_column(IdFk, primary_key=True)
