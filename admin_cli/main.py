@@ -16,7 +16,7 @@ import contextlib
 import dataclasses
 import sys
 import time
-from datetime import date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -42,6 +42,7 @@ from billing.storage.admin import (
 )
 from billing.storage.database import Database, SchemaNotReady
 from billing.storage.keys import KeyError_, load_or_create_pin_key
+from billing.storage.reports import Reports
 
 PROGRESS_THRESHOLD = 10_000
 """Batches at least this large show a progress bar on stderr."""
@@ -86,14 +87,40 @@ def fail(message: str) -> NoReturn:
     raise typer.Exit(1)
 
 
+_ClickException: type[Exception] = next(
+    c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException"
+)  # click's base exception, wherever this typer version keeps click
+
+
 class _Group(TyperGroup):
-    """The root command group: turns expected failures into one line and exit status 1."""
+    """The root command group: turns expected failures into one line and exit status 1, and
+    usage errors (a missing argument, a bad option value) into one line and exit status 2."""
 
     def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
         except _USER_ERRORS as exc:
             fail(_message(exc))
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        standalone = kwargs.get("standalone_mode", True)
+        kwargs["standalone_mode"] = False
+        if not standalone:
+            return super().main(*args, **kwargs)
+        try:
+            result = super().main(*args, **kwargs)
+        except _ClickException as exc:
+            # NoArgsIsHelpError: the help was printed already, as asked.
+            if type(exc).__name__ != "NoArgsIsHelpError":
+                where = getattr(getattr(exc, "ctx", None), "command_path", None)
+                hint = f" (see `{where} --help`)" if where else ""
+                text = exc.format_message()  # type: ignore[attr-defined]
+                typer.echo(f"error: {_one_line(text)}{hint}", err=True)
+            sys.exit(int(getattr(exc, "exit_code", 2)))
+        except typer.Abort:
+            typer.echo("error: aborted", err=True)
+            sys.exit(1)
+        sys.exit(result if isinstance(result, int) else 0)
 
 
 # ---------------------------------------------------------------------------------- context
@@ -129,6 +156,9 @@ class Cli:
 
     def admin(self) -> Admin:
         return Admin.from_settings(self.database(), self.settings)
+
+    def reports(self) -> Reports:
+        return Reports.from_settings(self.database(), self.settings)
 
     def pin_key(self) -> bytes:
         return load_or_create_pin_key(self.settings.pin_key_file)
@@ -214,7 +244,14 @@ bind_app = _sub(
 )
 sessions_app = _sub("sessions", "Live calls.\n\nExample: `prepaidctl sessions list`")
 report_app = _sub(
-    "report", "Reports.\n\nExample: `prepaidctl report card-bill 1000000001 --from 2026-01-01`"
+    "report",
+    "Reports: card bill, bind number bill, card status, revenue, liability, suspicious usage."
+    "\n\nExample: `prepaidctl report card-bill 1000000001 --from 2026-01-01`",
+)
+expire_app = _sub(
+    "expire",
+    "Card expiry and forfeiture of balances after the grace period.\n\n"
+    "Example: `prepaidctl expire run`",
 )
 demo_app = _sub("demo", "The demo data set.\n\nExample: `prepaidctl demo seed`")
 
@@ -524,6 +561,82 @@ def _print_batch(batch: BatchInfo, output: Path, fmt: OutputFormat, places: int)
     emit_object({**_record(batch), "output": str(output)}, fmt, places)
 
 
+@batch_app.command("list")
+def batch_list(ctx: typer.Context, fmt: FormatOpt = OutputFormat.TABLE) -> None:
+    """List the batches with their serial ranges and the value their cards still hold.
+
+    Example: `prepaidctl batch list --format csv`
+    """
+    cli = _cli(ctx)
+    rows = [_record(b) for b in cli.admin().batch_list()]
+    columns = [
+        "id",
+        "card_type",
+        "value",
+        "currency",
+        "count",
+        "first_serial",
+        "last_serial",
+        "rate_group",
+        "value_remaining",
+        "created_at",
+        "note",
+    ]
+    emit_records(rows, columns, fmt, cli.places, title="Batches", empty="no batches")
+
+
+@batch_app.command("show")
+def batch_show(
+    ctx: typer.Context,
+    batch_id: Annotated[int, typer.Argument(help="Batch id (see `batch list`).")],
+    fmt: FormatOpt = OutputFormat.TABLE,
+) -> None:
+    """Show a batch: its settings, cards by state and the value issued, spent and remaining.
+
+    Value issued is the sum of the cards' creation entries; remaining is the sum of balances:
+    issued + recharges - call revenue - breakage + transfers + adjustments = remaining.
+
+    Example: `prepaidctl batch show 3 --format json`
+    """
+    cli = _cli(ctx)
+    detail = cli.admin().batch_show(batch_id)
+    batch = _record(detail.batch)
+    record: dict[str, Any] = {
+        k: batch[k]
+        for k in (
+            "id",
+            "card_type",
+            "value",
+            "currency",
+            "rate_group",
+            "count",
+            "first_serial",
+            "last_serial",
+            "validity_days",
+            "grace_days",
+            "expires_on",
+            "max_calls",
+            "activation",
+            "pin_length",
+            "note",
+            "created_at",
+        )
+    }
+    record.update({f"cards_{state}": n for state, n in detail.states})
+    record.update(
+        {
+            "value_issued": detail.value_issued,
+            "recharges": detail.recharges,
+            "call_revenue": detail.call_revenue,
+            "breakage": detail.breakage,
+            "transfers": detail.transfers,
+            "adjustments": detail.adjustments,
+            "value_remaining": detail.value_remaining,
+        }
+    )
+    emit_object(record, fmt, cli.places, title=f"Batch {detail.batch.id}")
+
+
 # ---------------------------------------------------------------------------------- cards
 CARD_FIELDS = [
     "serial",
@@ -572,16 +685,30 @@ def _parse_range(text: str) -> tuple[str, str]:
     return first.strip(), last.strip()
 
 
+SerialsArg = Annotated[
+    list[str] | None, typer.Argument(help="Card serials.", show_default=False)
+]
+BatchOpt = Annotated[int | None, typer.Option("--batch", help="Every card of a batch.")]
+RangeOpt = Annotated[
+    str | None, typer.Option("--range", help="Serials FIRST-LAST, inclusive.")
+]
+
+
+def _choice(
+    serials: list[str] | None, batch: int | None, serial_range: str | None
+) -> dict[str, Any]:
+    rng = _parse_range(serial_range) if serial_range is not None else None
+    if sum(1 for way in (bool(serials), batch is not None, rng is not None) if way) != 1:
+        raise AdminError("give card serials, --batch ID or --range FIRST-LAST (exactly one)")
+    return {"serials": serials or (), "batch_id": batch, "serial_range": rng}
+
+
 @card_app.command("activate")
 def card_activate(
     ctx: typer.Context,
-    serials: Annotated[
-        list[str] | None, typer.Argument(help="Card serials.", show_default=False)
-    ] = None,
-    batch: Annotated[int | None, typer.Option("--batch", help="Every card of a batch.")] = None,
-    serial_range: Annotated[
-        str | None, typer.Option("--range", help="Serials FIRST-LAST, inclusive.")
-    ] = None,
+    serials: SerialsArg = None,
+    batch: BatchOpt = None,
+    serial_range: RangeOpt = None,
 ) -> None:
     """Activate inactive cards by serial, by batch or by serial range.
 
@@ -590,12 +717,7 @@ def card_activate(
     Example: `prepaidctl card activate --range 1000000001-1000000100`
     """
     cli = _cli(ctx)
-    rng = _parse_range(serial_range) if serial_range is not None else None
-    if sum(1 for way in (bool(serials), batch is not None, rng is not None) if way) != 1:
-        raise AdminError("give card serials, --batch ID or --range FIRST-LAST (exactly one)")
-    result = cli.admin().activate(
-        cli.now(), serials=serials or (), batch_id=batch, serial_range=rng
-    )
+    result = cli.admin().activate(cli.now(), **_choice(serials, batch, serial_range))
     skipped = result.matched - result.activated
     extra = f" ({skipped} were not inactive)" if skipped else ""
     _say(f"activated {result.activated} of {result.matched} cards{extra}")
@@ -604,27 +726,54 @@ def card_activate(
 @card_app.command("lock")
 def card_lock(
     ctx: typer.Context,
-    serial: Annotated[str, typer.Argument(help="Card serial.")],
+    serials: SerialsArg = None,
+    batch: BatchOpt = None,
+    serial_range: RangeOpt = None,
     reason: Annotated[str, typer.Option("--reason", help="Why (kept with the card).")] = "",
 ) -> None:
-    """Lock a card: it is refused until unlocked.
+    """Lock cards by serial, by batch or by serial range: they are refused until unlocked.
 
-    Example: `prepaidctl card lock 1000000001 --reason "reported stolen"`
+    Cards already locked keep their reason (except one card named alone, which gets the new one).
+
+    Example: `prepaidctl card lock 1000000001 --reason "reported stolen"`, or
+    `prepaidctl card lock --batch 7 --reason "stolen shipment"`
     """
-    info = _cli(ctx).admin().lock(serial, reason)
-    _say(f"card {info.serial} locked ({info.lock_reason})")
+    admin = _cli(ctx).admin()
+    choice = _choice(serials, batch, serial_range)
+    if serials and len(serials) == 1:
+        info = admin.lock(serials[0], reason)
+        _say(f"card {info.serial} locked ({info.lock_reason})")
+        return
+    result = admin.lock_cards(reason, **choice)
+    skipped = result.matched - result.changed
+    extra = f" ({skipped} were already locked)" if skipped else ""
+    _say(f"locked {result.changed} of {result.matched} cards{extra}")
 
 
 @card_app.command("unlock")
 def card_unlock(
-    ctx: typer.Context, serial: Annotated[str, typer.Argument(help="Card serial.")]
+    ctx: typer.Context,
+    serials: SerialsArg = None,
+    batch: BatchOpt = None,
+    serial_range: RangeOpt = None,
 ) -> None:
-    """Unlock a card and reset its wrong-PIN counter.
+    """Unlock cards by serial, by batch or by serial range, and reset their wrong-PIN counters.
 
-    Example: `prepaidctl card unlock 1000000001`
+    Cards whose balance was transferred away stay locked.
+
+    Example: `prepaidctl card unlock 1000000001`, or `prepaidctl card unlock --range
+    1000000001-1000000100`
     """
-    info = _cli(ctx).admin().unlock(serial)
-    _say(f"card {info.serial} unlocked ({info.state})")
+    admin = _cli(ctx).admin()
+    choice = _choice(serials, batch, serial_range)
+    if serials and len(serials) == 1:
+        info = admin.unlock(serials[0])
+        _say(f"card {info.serial} unlocked ({info.state})")
+        return
+    result = admin.unlock_cards(**choice)
+    skipped = result.matched - result.changed
+    extra = f" ({skipped} were not locked or were transferred)" if skipped else ""
+    _say(f"unlocked {result.changed} of {result.matched} cards{extra}")
 
 
 @card_app.command("recharge")
@@ -632,17 +781,76 @@ def card_recharge(
     ctx: typer.Context,
     serial: Annotated[str, typer.Argument(help="Card serial.")],
     amount: Annotated[str, typer.Argument(help="Amount to add, e.g. 10.00.")],
+    extend_days: Annotated[
+        int | None,
+        typer.Option(
+            "--extend-days",
+            help="Also extend the validity by N days (from now if the card has expired).",
+        ),
+    ] = None,
 ) -> None:
-    """Top up a rechargeable card.
+    """Top up a rechargeable card, optionally extending its validity.
 
-    Example: `prepaidctl card recharge 1000000001 10.00`
+    An expired card can be recharged during its grace period: that reactivates it, valid for
+    --extend-days N days from now, else for its validity days from now. After the grace period
+    its balance is forfeited and the recharge is refused.
+
+    Example: `prepaidctl card recharge 1000000001 10.00 --extend-days 30`
     """
     cli = _cli(ctx)
-    result = cli.admin().recharge(serial, amount, cli.now())
+    result = cli.admin().recharge(serial, amount, cli.now(), extend_days=extend_days)
     places = cli.places
-    _say(
+    line = (
         f"card {result.serial} recharged with {format_amount(result.amount, places)} "
         f"{result.currency}; balance {format_amount(result.balance, places)} {result.currency}"
+    )
+    if result.reactivated:
+        line += "; reactivated"
+    if result.expires_at is not None:
+        line += f"; valid until {result.expires_at.replace(microsecond=0).isoformat()}Z"
+    _say(line)
+
+
+@card_app.command("transfer")
+def card_transfer(
+    ctx: typer.Context,
+    from_serial: Annotated[str, typer.Argument(help="The lost card's serial.")],
+    to_serial: Annotated[str, typer.Argument(help="The card that receives the balance.")],
+) -> None:
+    """Move the whole balance of a lost card to another card of the same currency.
+
+    The old card is retired and locked (reason "transferred"). Refused while the old card has
+    live calls, across currencies, and to a card that is locked, expired or retired.
+
+    Example: `prepaidctl card transfer 1000000001 1000000002`
+    """
+    cli = _cli(ctx)
+    result = cli.admin().transfer(from_serial, to_serial, cli.now())
+    places = cli.places
+    _say(
+        f"moved {format_amount(result.amount, places)} {result.currency} from card "
+        f"{result.from_serial} (now retired and locked) to card {result.to_serial}; its balance "
+        f"is {format_amount(result.to_balance, places)} {result.currency}"
+    )
+
+
+@card_app.command("history")
+def card_history(
+    ctx: typer.Context,
+    serial: Annotated[str, typer.Argument(help="Card serial.")],
+    fmt: FormatOpt = OutputFormat.TABLE,
+) -> None:
+    """A card's ledger: every balance change (creation, recharge, call, transfer, expiry...).
+
+    Example: `prepaidctl card history 1000000001 --format csv`
+    """
+    cli = _cli(ctx)
+    history = cli.admin().history(serial)
+    rows = [_record(r) for r in history.rows]
+    columns = ["created_at", "kind", "amount", "balance_after", "note"]
+    emit_records(
+        rows, columns, fmt, cli.places, title=f"Ledger of card {history.serial} "
+        f"({history.currency})", empty=f"no ledger entries for card {history.serial}",
     )
 
 
@@ -758,6 +966,71 @@ def sessions_reap(ctx: typer.Context) -> None:
     )
 
 
+# ---------------------------------------------------------------------------------- expiry
+def _parse_now(text: str) -> datetime:
+    """``--now``: YYYY-MM-DD (midnight) or YYYY-MM-DDTHH:MM[:SS], UTC unless an offset is given."""
+    raw = text.strip()
+    try:
+        value = datetime.fromisoformat(raw)
+    except ValueError:
+        raise AdminError(
+            f"--now: {text!r} is not a date or time (use YYYY-MM-DD or YYYY-MM-DDTHH:MM, UTC)"
+        ) from None
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC).replace(tzinfo=None)
+    return value
+
+
+@expire_app.command("run")
+def expire_run(
+    ctx: typer.Context,
+    now: Annotated[
+        str | None,
+        typer.Option(
+            "--now", help="Run as of this UTC time, YYYY-MM-DD[THH:MM] (default: the clock)."
+        ),
+    ] = None,
+    fmt: FormatOpt = OutputFormat.TABLE,
+) -> None:
+    """Expire cards past their validity and forfeit balances past the grace period.
+
+    Cards active, inactive or exhausted whose expiry has passed become expired; expired cards
+    past expiry + grace days lose their balance (an `expiry` ledger entry each: breakage).
+    Idempotent and safe while the server runs (cards with live calls wait for the next run);
+    systemd runs it daily (prepaid-expire.timer).
+
+    Example: `prepaidctl expire run`, or `prepaidctl expire run --now 2026-12-31T23:59`
+    """
+    from billing.storage.expiry import run_expiry
+
+    cli = _cli(ctx)
+    when = _parse_now(now) if now is not None else cli.now()
+    result = run_expiry(cli.database(), when, cli.places)
+    places = cli.places
+    if fmt != OutputFormat.TABLE:
+        emit_object(
+            {
+                "now": when,
+                "expired": result.expired,
+                "forfeited": result.forfeited,
+                "forfeited_amount": " ".join(
+                    f"{format_amount(a, places)} {c}" for c, a in result.forfeited_amounts
+                ),
+                "skipped_live": result.skipped_live,
+            },
+            fmt,
+            places,
+        )
+        return
+    amounts = ", ".join(f"{format_amount(a, places)} {c}" for c, a in result.forfeited_amounts)
+    _say(
+        f"expired {result.expired} cards; forfeited the balance of {result.forfeited} cards"
+        + (f" ({amounts})" if amounts else "")
+    )
+    if result.skipped_live:
+        _say(f"{result.skipped_live} cards past grace have live calls; the next run takes them")
+
+
 # ---------------------------------------------------------------------------------- reports
 BILL_FIELDS = [
     "started_at",
@@ -815,6 +1088,297 @@ def report_card_bill(
             f"{bill.calls} calls, {bill.total_duration_seconds} s ({bill.total_billed_seconds} s "
             f"billed), total {format_amount(bill.total_cost, places)} {bill.currency}"
         )
+
+
+FromOpt = Annotated[str | None, typer.Option("--from", help="First day, YYYY-MM-DD (UTC).")]
+ToOpt = Annotated[str | None, typer.Option("--to", help="Last day, YYYY-MM-DD (UTC).")]
+
+
+def _money_totals(totals: dict[str, Any], places: int) -> str:
+    return ", ".join(f"{format_amount(v, places)} {c}" for c, v in sorted(totals.items()))
+
+
+@report_app.command("bind-bill")
+def report_bind_bill(
+    ctx: typer.Context,
+    ani: Annotated[str, typer.Argument(help="The bound caller number, in any usual form.")],
+    from_date: FromOpt = None,
+    to_date: ToOpt = None,
+    fmt: FormatOpt = OutputFormat.TABLE,
+) -> None:
+    """Bind Number Bill: the calls placed through a bound ANI (no PIN), with the card billed.
+
+    Example: `prepaidctl report bind-bill '+44 20 7946 0000' --from 2026-01-01 --to 2026-01-31`
+    """
+    cli = _cli(ctx)
+    places = cli.places
+    bill = cli.reports().bind_bill(
+        ani, _parse_date(from_date, "--from"), _parse_date(to_date, "--to")
+    )
+    columns = ["serial", *BILL_FIELDS]
+    rows = [_record(r) for r in bill.rows]
+    if fmt == OutputFormat.JSON:
+        emit_object(
+            {
+                "ani": bill.ani,
+                "from": bill.from_date,
+                "to": bill.to_date,
+                "calls": bill.calls,
+                "total_duration_seconds": bill.total_duration_seconds,
+                "total_billed_seconds": bill.total_billed_seconds,
+                "totals": [_record(t) for t in bill.totals],
+                "rows": [{k: r[k] for k in [*columns, "currency"]} for r in rows],
+            },
+            fmt,
+            places,
+        )
+        return
+    emit_records(
+        rows, columns, fmt, places, title=f"Calls through {bill.ani}",
+        empty=f"no calls through {bill.ani}",
+    )
+    if fmt == OutputFormat.TABLE:
+        cost = _money_totals({t.currency: t.cost for t in bill.totals}, places) or "0"
+        _say(
+            f"{bill.calls} calls, {bill.total_duration_seconds} s ({bill.total_billed_seconds} s "
+            f"billed), total {cost}"
+        )
+
+
+STATUS_FIELDS = [
+    "batch",
+    "type",
+    "value",
+    "currency",
+    "inactive",
+    "active",
+    "locked",
+    "expired",
+    "exhausted",
+    "retired",
+    "total",
+]
+
+
+@report_app.command("status")
+def report_status(
+    ctx: typer.Context,
+    batch: Annotated[int | None, typer.Option("--batch", help="Only this batch.")] = None,
+    fmt: FormatOpt = OutputFormat.TABLE,
+) -> None:
+    """Card Status: cards by batch and type, counted by state ("locked" counts locked cards).
+
+    Example: `prepaidctl report status --format csv`
+    """
+    cli = _cli(ctx)
+    rows = [_record(r) for r in cli.reports().status(batch)]
+    emit_records(rows, STATUS_FIELDS, fmt, cli.places, title="Card status", empty="no cards")
+    if fmt == OutputFormat.TABLE and rows:
+        _say(f"{sum(r['total'] for r in rows)} cards in {len({r['batch'] for r in rows})} batches")
+
+
+@report_app.command("revenue")
+def report_revenue(
+    ctx: typer.Context,
+    by: Annotated[
+        str, typer.Option("--by", help="Group by: type, denomination, batch or day.")
+    ] = "type",
+    from_date: FromOpt = None,
+    to_date: ToOpt = None,
+    fmt: FormatOpt = OutputFormat.TABLE,
+) -> None:
+    """Revenue: call revenue, calls, billed minutes, recharges and breakage, by group.
+
+    Calls count on the day they stopped; recharges and breakage (balances forfeited at expiry)
+    on the day of their ledger entry. Amounts are per currency.
+
+    Example: `prepaidctl report revenue --by day --from 2026-01-01 --to 2026-01-31`
+    """
+    cli = _cli(ctx)
+    places = cli.places
+    result = cli.reports().revenue(
+        by, _parse_date(from_date, "--from"), _parse_date(to_date, "--to")
+    )
+    key = by.strip().lower()
+    rows = [{key: r.key, **_record(r)} for r in result]
+    columns = [
+        key,
+        "currency",
+        "calls",
+        "billed_seconds",
+        "billed_minutes",
+        "call_revenue",
+        "recharges",
+        "breakage",
+    ]
+    emit_records(rows, columns, fmt, places, title=f"Revenue by {key}", empty="no revenue")
+    if fmt == OutputFormat.TABLE and rows:
+        totals: dict[str, dict[str, Any]] = {}
+        for r in result:
+            t = totals.setdefault(r.currency, {"calls": 0, "rev": 0, "rch": 0, "brk": 0})
+            t["calls"] += r.calls
+            t["rev"] += r.call_revenue
+            t["rch"] += r.recharges
+            t["brk"] += r.breakage
+        for currency, t in sorted(totals.items()):
+            _say(
+                f"{currency}: {t['calls']} calls, call revenue {format_amount(t['rev'], places)}, "
+                f"recharges {format_amount(t['rch'], places)}, breakage "
+                f"{format_amount(t['brk'], places)}"
+            )
+
+
+LIABILITY_FIELDS = [
+    "batch",
+    "type",
+    "value",
+    "currency",
+    "cards",
+    "cards_with_balance",
+    "liability",
+    "in_expired_cards",
+    "overdrawn_cards",
+    "overdrawn",
+]
+
+
+@report_app.command("liability")
+def report_liability(ctx: typer.Context, fmt: FormatOpt = OutputFormat.TABLE) -> None:
+    """Outstanding liability: the balances card holders may still spend, by batch.
+
+    Forfeited balances are no longer owed; expired cards in their grace period still are (shown
+    apart). Negative balances are shown as overdrawn, not netted.
+
+    Example: `prepaidctl report liability --format json`
+    """
+    cli = _cli(ctx)
+    places = cli.places
+    result = cli.reports().liability()
+    rows = [_record(r) for r in result]
+    emit_records(rows, LIABILITY_FIELDS, fmt, places, title="Liability", empty="no cards")
+    if fmt == OutputFormat.TABLE and rows:
+        totals: dict[str, Any] = {}
+        for r in result:
+            totals[r.currency] = totals.get(r.currency, 0) + r.liability
+        _say(f"total liability: {_money_totals(totals, places)}")
+
+
+SUSPICIOUS_SECTIONS = {
+    "failures_by_ani": (
+        "PIN failures by calling number",
+        ["source", "failures", "unknown_pin", "wrong_pin", "card_locked", "lockout", "first_at",
+         "last_at"],
+    ),
+    "failures_by_nas": (
+        "PIN failures by NAS",
+        ["source", "failures", "unknown_pin", "wrong_pin", "card_locked", "lockout", "first_at",
+         "last_at"],
+    ),
+    "cards_many_anis": (
+        "Cards used from many calling numbers",
+        ["serial", "distinct_anis", "calls", "first_at", "last_at"],
+    ),
+    "negative_balances": ("Cards with a negative balance", ["serial", "balance", "currency",
+                                                             "state"]),
+    "over_grant_calls": (
+        "Calls longer than granted",
+        ["serial", "nas", "started_at", "calling_number", "called_number", "duration_seconds",
+         "granted_seconds", "cost", "close_reason"],
+    ),
+}
+
+
+def _suspicious_flat(name: str, item: Any) -> dict[str, Any]:
+    """One finding as a CSV row with the same columns for every section."""
+    row: dict[str, Any] = {"section": name}
+    if name in ("failures_by_ani", "failures_by_nas"):
+        detail = (
+            f"unknown-pin {item.unknown_pin}, wrong-pin {item.wrong_pin}, "
+            f"card-locked {item.card_locked}, lockout {item.lockout}"
+        )
+        row.update(subject=item.source, count=item.failures, first_at=item.first_at,
+                   last_at=item.last_at, detail=detail)
+    elif name == "cards_many_anis":
+        row.update(subject=item.serial, count=item.distinct_anis, first_at=item.first_at,
+                   last_at=item.last_at, detail=f"{item.calls} calls")
+    elif name == "negative_balances":
+        row.update(subject=item.serial, amount=item.balance, currency=item.currency,
+                   detail=item.state)
+    else:
+        row.update(
+            subject=item.serial, count=item.duration_seconds, amount=item.cost,
+            first_at=item.started_at,
+            detail=f"{item.calling_number} -> {item.called_number}, granted "
+            f"{item.granted_seconds} s, {item.close_reason}, NAS {item.nas or '-'}",
+        )
+    return row
+
+
+@report_app.command("suspicious")
+def report_suspicious(
+    ctx: typer.Context,
+    since: Annotated[
+        str | None,
+        typer.Option("--since", help="First day, YYYY-MM-DD (UTC). Default: 30 days ago."),
+    ] = None,
+    min_failures: Annotated[
+        int, typer.Option("--min-failures", help="PIN failures that make a source suspicious.")
+    ] = 5,
+    ani_threshold: Annotated[
+        int,
+        typer.Option(
+            "--ani-threshold", help="Flag cards used from more than N distinct calling numbers."
+        ),
+    ] = 3,
+    limit: Annotated[int, typer.Option("--limit", help="Rows per section, worst first.")] = 50,
+    fmt: FormatOpt = OutputFormat.TABLE,
+) -> None:
+    """Suspicious usage: PIN guessing by caller and NAS, cards shared by many callers,
+    negative balances, calls longer than granted.
+
+    CSV output puts every finding in one table: section, subject, count, amount, currency,
+    first_at, last_at, detail.
+
+    Example: `prepaidctl report suspicious --since 2026-01-01 --min-failures 10`
+    """
+    cli = _cli(ctx)
+    places = cli.places
+    start = _parse_date(since, "--since")
+    if start is None:
+        start = (cli.now() - timedelta(days=30)).date()
+    found = cli.reports().suspicious(start, min_failures, ani_threshold, limit)
+    if fmt == OutputFormat.JSON:
+        emit_object(
+            {
+                "since": found.since,
+                "min_failures": found.min_failures,
+                "ani_threshold": found.ani_threshold,
+                **{
+                    name: [_record(x) for x in getattr(found, name)]
+                    for name in SUSPICIOUS_SECTIONS
+                },
+            },
+            fmt,
+            places,
+        )
+        return
+    if fmt == OutputFormat.CSV:
+        columns = ["section", "subject", "count", "amount", "currency", "first_at", "last_at",
+                   "detail"]
+        flat = [
+            _suspicious_flat(name, x)
+            for name in SUSPICIOUS_SECTIONS
+            for x in getattr(found, name)
+        ]
+        emit_records(flat, columns, fmt, places)
+        return
+    _say(f"suspicious usage since {found.since.isoformat() if found.since else 'the start'}")
+    for name, (title, columns) in SUSPICIOUS_SECTIONS.items():
+        items = getattr(found, name)
+        if not items:
+            _say(f"{title}: none")
+            continue
+        emit_records([_record(x) for x in items], columns, fmt, places, title=title)
 
 
 # ---------------------------------------------------------------------------------- demo

@@ -29,7 +29,8 @@ class OutputFormat(enum.StrEnum):
 
 
 def plain(value: Any, places: int) -> Any:
-    """A JSON-ready value: money, times and tuples turned into strings and lists."""
+    """A JSON-ready value: money, times and tuples turned into strings and lists, recursively
+    (nested records and lists of records too)."""
     if isinstance(value, Decimal):
         return format_amount(value, places)
     if isinstance(value, datetime):
@@ -38,6 +39,8 @@ def plain(value: Any, places: int) -> Any:
         return value.isoformat()
     if isinstance(value, (tuple, list)):
         return [plain(v, places) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): plain(v, places) for k, v in value.items()}
     if isinstance(value, enum.Enum):
         return value.value
     return value
