@@ -938,27 +938,10 @@ def sessions_reap(ctx: typer.Context) -> None:
 
     Example: `prepaidctl sessions reap`
     """
-    from billing.domain import Limits
-    from billing.storage.store import SecurityPolicy, SessionPolicy, Store
+    from billing.storage.store import store_from_settings
 
     cli = _cli(ctx)
-    settings = cli.settings
-    billing = settings["billing"]
-    store = Store(
-        cli.database(),
-        pin_key=cli.pin_key(),
-        limits=Limits(
-            max_session_seconds=int(billing["max_session_seconds"]), places=settings.money_places
-        ),
-        security=SecurityPolicy(
-            card_failure_limit=int(settings["security"]["card_failure_limit"])
-        ),
-        sessions=SessionPolicy(
-            start_timeout_seconds=int(billing["start_timeout_seconds"]),
-            stale_margin_seconds=int(billing["stale_margin_seconds"]),
-            closed_session_retention_days=int(billing["closed_session_retention_days"]),
-        ),
-    )
+    store = store_from_settings(cli.settings, cli.database())
     result = store.reap(cli.now())
     _say(
         f"released {result.released} grants never started, closed {result.closed} silent "
@@ -1424,6 +1407,11 @@ def demo_seed(
         "try: echo 'User-Name=<PIN from that file>,Called-Station-Id=442079460018,"
         f"Calling-Station-Id=442079460000' | radclient -x {host}:{radius['auth_port']} auth s3cret"
     )
+
+
+from admin_cli import call as _call  # noqa: E402 - registers `prepaidctl call` on the app above
+
+_call.register(app, _cli, fail)
 
 
 def main() -> None:
