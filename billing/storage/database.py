@@ -86,9 +86,9 @@ class Database:
             if not inspect(conn).has_table("alembic_version"):
                 raise SchemaNotReady("the database has no schema: run `prepaidctl db upgrade`")
             version = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
-        if version != schema.current_head():
+        if version != schema.HEAD:
             raise SchemaNotReady(
-                f"the database schema is at {version}, not {schema.current_head()}: "
+                f"the database schema is at {version}, not {schema.HEAD}: "
                 "run `prepaidctl db upgrade`"
             )
 
