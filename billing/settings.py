@@ -48,6 +48,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "acct_port": 1813,
         "dictionary": "",  # default: the packaged dictionaries/dictionary
         "reply_cache_seconds": 30,  # how long a reply is replayed for a retransmission
+        "acct_interim_interval": 60,  # asked of the NAS in every Accept; 0: not sent
     },
     "billing": {
         "max_session_seconds": 10800,

@@ -122,6 +122,7 @@ def start(settings: Settings, reactor: Any) -> Running:
         shared_replies=shared,
         rules=settings.number_rules,
         places=settings.money_places,
+        interim_interval=int(radius["acct_interim_interval"]),
         reply_ttl=float(radius["reply_cache_seconds"]),
         on_first_message_authenticator=remember_ma,
     )

@@ -83,6 +83,7 @@ class Handler:
         places: int,
         reply_ttl: float,
         on_first_message_authenticator: Callable[[Nas], None],
+        interim_interval: int = 0,
     ) -> None:
         self.codec = codec
         self.service = service
@@ -93,6 +94,7 @@ class Handler:
         self.places = places
         self.reply_ttl = reply_ttl
         self.on_first_ma = on_first_message_authenticator
+        self.interim_interval = interim_interval
         self.status_text: Callable[[], str] = lambda: "Prepaid AAA is up"
 
     def handle(self, kind: str, nas: Nas, data: bytes, cache_key: str, arrival: float) -> Outcome:
@@ -121,7 +123,7 @@ class Handler:
                 call = translate.auth_request(request, nas.id, self.rules)
                 fields.update(ani=call.calling_number, called=call.called_number)
                 result = self.service.authorize(call, utc_from_epoch(arrival))
-            reply = translate.auth_reply(result, profile, self.places)
+            reply = translate.auth_reply(result, profile, self.places, self.interim_interval)
             if isinstance(result, Accepted):
                 fields.update(
                     decision="accept",

@@ -63,12 +63,18 @@ def auth_request(request: Request, nas_id: int, rules: NumberRules) -> AuthReque
     )
 
 
-def auth_reply(result: AuthResult, profile: Profile, places: int) -> Reply:
+def auth_reply(
+    result: AuthResult, profile: Profile, places: int, interim_interval: int = 0
+) -> Reply:
+    """Accept with the grant (and, when configured, the Interim-Update interval), or Reject."""
     if isinstance(result, Accepted):
         attrs: list[tuple[str, Any]] = [
             ("Session-Timeout", result.session_seconds),
             ("Class", CLASS_PREFIX + result.token.encode()),
         ]
+        if interim_interval > 0:
+            # Progress reports make a lost Stop billable from the last one (RFC 2869 5.16).
+            attrs.append(("Acct-Interim-Interval", interim_interval))
         attrs += profile.accept_attributes(
             result.session_seconds, result.available_amount, result.currency, places
         )

@@ -51,6 +51,7 @@ def test_pin_gets_session_timeout_4242_with_radclient(
     )
     assert "Received Access-Accept" in out.stdout, out.stdout + out.stderr
     assert "Session-Timeout = 4242" in out.stdout
+    assert "Acct-Interim-Interval = 60" in out.stdout
     assert 'h323-credit-time = "h323-credit-time=4242"' in out.stdout
     assert 'h323-credit-amount = "h323-credit-amount=5.0000"' in out.stdout
     assert 'h323-return-code = "h323-return-code=0"' in out.stdout
