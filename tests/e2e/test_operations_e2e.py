@@ -49,9 +49,8 @@ def test_prepaidctl_call_shows_a_rejection(deployment: Deployment, server: Serve
 
 
 def test_prepaidctl_call_without_a_server_is_one_line_error(deployment: Deployment, server: ServerProcess) -> None:
-    result = deployment.ctl(
+    result = deployment.ctl_process(
         "call", "--pin", "1234567897", "--to", "441234567890",
-        check=False,
         env={"PREPAID_RADIUS_AUTH_PORT": "9", "PREPAID_RADIUS_ACCT_PORT": "9"},
     )
     assert result.returncode == 1
