@@ -98,10 +98,26 @@ class Handler:
         self.status_text: Callable[[], str] = lambda: "Prepaid AAA is up"
 
     def handle(self, kind: str, nas: Nas, data: bytes, cache_key: str, arrival: float) -> Outcome:
-        if self.shared_replies is not None:
-            cached = self.shared_replies.reply_get(cache_key)
-            if cached is not None:
-                return Outcome(cached, {"decision": "replayed"})
+        shared = self.shared_replies
+        if shared is None:
+            return self._process(kind, nas, data, cache_key, arrival)
+        # Another process (or host) may have this request: the NAS retransmitted to it, or
+        # failed over. Claim it in the shared cache; replay its reply, or leave it to them.
+        claimed, cached = shared.reply_claim(cache_key, self.reply_ttl)
+        if cached is not None:
+            return Outcome(cached, {"decision": "replayed"})
+        if not claimed:
+            raise Drop("in-flight-elsewhere")
+        try:
+            outcome = self._process(kind, nas, data, cache_key, arrival)
+        except BaseException:
+            shared.reply_release(cache_key)
+            raise
+        if outcome.data is not None:
+            shared.reply_put(cache_key, outcome.data, self.reply_ttl)
+        return outcome
+
+    def _process(self, kind: str, nas: Nas, data: bytes, cache_key: str, arrival: float) -> Outcome:
         # The Message-Authenticator policy guards Access-Request (BlastRADIUS); accounting is
         # authenticated by its Request Authenticator, and a Message-Authenticator there is
         # verified when present.
@@ -149,8 +165,6 @@ class Handler:
             raise Drop("wrong-port")
         raw = self.codec.encode(request, reply)
         self.replies.reply_put(cache_key, raw, self.reply_ttl)
-        if self.shared_replies is not None:
-            self.shared_replies.reply_put(cache_key, raw, self.reply_ttl)
         return Outcome(raw, fields)
 
 

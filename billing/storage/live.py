@@ -20,11 +20,24 @@ from typing import Protocol
 
 import redis
 
+#: The reply-cache value of a request being processed; no RADIUS packet starts with a zero octet.
+PENDING = b"\x00pending"
+
 
 class LiveState(Protocol):
     def reply_get(self, key: str) -> bytes | None: ...
 
     def reply_put(self, key: str, data: bytes, ttl_seconds: float) -> None: ...
+
+    def reply_claim(self, key: str, ttl_seconds: float) -> tuple[bool, bytes | None]:
+        """Claim a request for processing: (True, None) when this caller got it; else
+        (False, reply) when it was answered already, or (False, None) while another process
+        is still working on it."""
+        ...
+
+    def reply_release(self, key: str) -> None:
+        """Give up a claim (processing failed), so a retransmission is processed again."""
+        ...
 
     def count_failure(self, key: str, window_seconds: int) -> int: ...
 
@@ -56,7 +69,7 @@ class InProcessLiveState:
             if entry[0] <= self._clock():
                 del self._replies[key]
                 return None
-            return entry[1]
+            return None if entry[1] == PENDING else entry[1]
 
     def reply_put(self, key: str, data: bytes, ttl_seconds: float) -> None:
         now = self._clock()
@@ -69,6 +82,20 @@ class InProcessLiveState:
                 if expires > now and len(self._replies) <= self._max_replies:
                     break
                 del self._replies[first_key]
+
+    def reply_claim(self, key: str, ttl_seconds: float) -> tuple[bool, bytes | None]:
+        with self._lock:
+            entry = self._replies.get(key)
+            if entry is not None and entry[0] > self._clock():
+                return False, None if entry[1] == PENDING else entry[1]
+        self.reply_put(key, PENDING, ttl_seconds)
+        return True, None
+
+    def reply_release(self, key: str) -> None:
+        with self._lock:
+            entry = self._replies.get(key)
+            if entry is not None and entry[1] == PENDING:
+                del self._replies[key]
 
     def count_failure(self, key: str, window_seconds: int) -> int:
         now = self._clock()
@@ -118,10 +145,24 @@ class RedisLiveState:
 
     def reply_get(self, key: str) -> bytes | None:
         value = self._redis.get(self._k("reply", key))
-        return value if isinstance(value, bytes) else None
+        return value if isinstance(value, bytes) and value != PENDING else None
 
     def reply_put(self, key: str, data: bytes, ttl_seconds: float) -> None:
         self._redis.set(self._k("reply", key), data, px=max(1, int(ttl_seconds * 1000)))
+
+    def reply_claim(self, key: str, ttl_seconds: float) -> tuple[bool, bytes | None]:
+        name = self._k("reply", key)
+        if self._redis.set(name, PENDING, px=max(1, int(ttl_seconds * 1000)), nx=True):
+            return True, None
+        value = self._redis.get(name)
+        if value is None:  # expired between the two calls: try once more
+            return bool(self._redis.set(name, PENDING, px=int(ttl_seconds * 1000), nx=True)), None
+        return False, None if value == PENDING else bytes(value)
+
+    def reply_release(self, key: str) -> None:
+        name = self._k("reply", key)
+        if self._redis.get(name) == PENDING:
+            self._redis.delete(name)
 
     def count_failure(self, key: str, window_seconds: int) -> int:
         name = self._k("fail", key)
@@ -173,6 +214,12 @@ class FallbackLiveState:
 
     def reply_put(self, key: str, data: bytes, ttl_seconds: float) -> None:
         self._call("reply_put", key, data, ttl_seconds)
+
+    def reply_claim(self, key: str, ttl_seconds: float) -> tuple[bool, bytes | None]:
+        return self._call("reply_claim", key, ttl_seconds)  # type: ignore[return-value]
+
+    def reply_release(self, key: str) -> None:
+        self._call("reply_release", key)
 
     def count_failure(self, key: str, window_seconds: int) -> int:
         return self._call("count_failure", key, window_seconds)  # type: ignore[return-value]

@@ -185,3 +185,18 @@ def test_fallback_prefers_the_primary_while_it_works(state: InProcessLiveState) 
     assert live.is_locked_out("x") is True
     assert errors == []
 
+
+
+def test_reply_claim_is_exclusive_until_answered_or_released() -> None:
+    clock = Clock()
+    state = InProcessLiveState(clock.seconds)
+    assert state.reply_claim("k", 30) == (True, None)
+    assert state.reply_claim("k", 30) == (False, None)  # someone is processing it
+    assert state.reply_get("k") is None  # a claim is never replayed as a reply
+    state.reply_put("k", b"\x02reply", 30)
+    assert state.reply_claim("k", 30) == (False, b"\x02reply")
+    assert state.reply_claim("other", 30) == (True, None)
+    state.reply_release("other")
+    assert state.reply_claim("other", 30) == (True, None)
+    clock.advance(31)
+    assert state.reply_claim("k", 30) == (True, None)  # expired

@@ -1,0 +1,59 @@
+"""The Redis live state on a real Redis: claims, replies, failure counters and lockouts."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+import redis
+
+from billing.storage.live import PENDING, RedisLiveState
+
+
+@pytest.fixture
+def state(redis_url: str):
+    prefix = f"paaa-test-{uuid.uuid4().hex[:8]}:"
+    yield RedisLiveState(redis_url, prefix)
+    client = redis.Redis.from_url(redis_url)
+    for key in client.scan_iter(f"{prefix}*"):
+        client.delete(key)
+
+
+def test_claims_are_exclusive_across_clients(state: RedisLiveState, redis_url: str) -> None:
+    other = RedisLiveState(redis_url, state._prefix)  # another server process
+    assert state.reply_claim("k", 5) == (True, None)
+    assert other.reply_claim("k", 5) == (False, None)
+    assert other.reply_get("k") is None
+    state.reply_put("k", b"\x02reply", 5)
+    assert other.reply_claim("k", 5) == (False, b"\x02reply")
+    assert other.reply_get("k") == b"\x02reply"
+
+
+def test_released_claim_can_be_taken_again(state: RedisLiveState) -> None:
+    assert state.reply_claim("r", 5) == (True, None)
+    state.reply_release("r")
+    assert state.reply_claim("r", 5) == (True, None)
+    state.reply_put("r", b"\x05ack", 5)
+    state.reply_release("r")  # a finished reply is never released
+    assert state.reply_get("r") == b"\x05ack"
+
+
+def test_keys_expire(state: RedisLiveState, redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    state.reply_claim("t", 2)
+    state.count_failure("ani:1555", 300)
+    state.lock_out("ani:1555", 900)
+    for name in (f"{state._prefix}reply:t", f"{state._prefix}fail:ani:1555", f"{state._prefix}lockout:ani:1555"):
+        ttl = client.pttl(name)
+        assert ttl > 0, name
+    assert client.get(f"{state._prefix}reply:t") == PENDING
+
+
+def test_failures_count_within_window_and_lockout(state: RedisLiveState) -> None:
+    assert [state.count_failure("nas:1", 300) for _ in range(3)] == [1, 2, 3]
+    state.reset_failures("nas:1")
+    assert state.count_failure("nas:1", 300) == 1
+    assert not state.is_locked_out("nas:1")
+    state.lock_out("nas:1", 60)
+    assert state.is_locked_out("nas:1")
+    assert state.ping()
