@@ -41,6 +41,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "redis": {
         "url": "",  # empty: in-process live state (single process only)
         "prefix": "paaa:",
+        "sentinels": [],  # ["host:26379", ...]: find the master through Redis Sentinel
+        "sentinel_service": "",  # the Sentinel service name (with sentinels)
     },
     "radius": {
         "bind": "127.0.0.1",
@@ -148,7 +150,11 @@ class Settings:
 
     @property
     def redis_url(self) -> str:
-        return str(self.values["redis"]["url"])
+        """The Redis URL; with Sentinel, the URL carries only database and credentials."""
+        url = str(self.values["redis"]["url"])
+        if not url and self.values["redis"]["sentinels"]:
+            return "redis://"
+        return url
 
     @property
     def pin_key_file(self) -> Path:

@@ -95,7 +95,12 @@ def start(settings: Settings, reactor: Any) -> Running:
             metrics.backend_errors.labels("redis").inc()
             log.warning("redis.unavailable", error=type(exc).__name__)
 
-        redis_state = RedisLiveState(settings.redis_url, str(settings["redis"]["prefix"]))
+        redis_state = RedisLiveState(
+            settings.redis_url,
+            str(settings["redis"]["prefix"]),
+            sentinels=list(settings["redis"]["sentinels"]),
+            sentinel_service=str(settings["redis"]["sentinel_service"]),
+        )
         live = FallbackLiveState(redis_state, local, redis_failed)
         shared = live
     service = SessionService(store, live, throttle_policy(settings))

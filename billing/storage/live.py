@@ -134,10 +134,26 @@ class InProcessLiveState:
 class RedisLiveState:
     """The same facts in Redis, each key with a TTL, shared by every server process."""
 
-    def __init__(self, url: str, prefix: str = "paaa:") -> None:
-        self._redis = redis.Redis.from_url(
-            url, socket_timeout=0.5, socket_connect_timeout=0.5, health_check_interval=30
-        )
+    def __init__(
+        self,
+        url: str,
+        prefix: str = "paaa:",
+        sentinels: list[str] | None = None,
+        sentinel_service: str = "",
+    ) -> None:
+        options = {"socket_timeout": 0.5, "socket_connect_timeout": 0.5}
+        self._redis: redis.Redis
+        if sentinels:
+            from redis.sentinel import Sentinel
+
+            hosts = [(h.rsplit(":", 1)[0], int(h.rsplit(":", 1)[1])) for h in sentinels]
+            parsed = redis.connection.parse_url(url or "redis://")
+            parsed.pop("host", None)
+            parsed.pop("port", None)
+            sentinel = Sentinel(hosts, sentinel_kwargs=options, **options)
+            self._redis = sentinel.master_for(sentinel_service, **parsed)
+        else:
+            self._redis = redis.Redis.from_url(url, health_check_interval=30, **options)
         self._prefix = prefix
 
     def _k(self, kind: str, key: str) -> str:
