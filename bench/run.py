@@ -149,6 +149,21 @@ def wait_ready(auth_port: int, what: str, proc: subprocess.Popen, timeout: float
         sock.close()
 
 
+def check_ports_free(ports: list[int]) -> None:
+    """Fail early, and clearly, when another process holds one of the benchmark's ports."""
+    for port in ports:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            raise RuntimeError(
+                f"127.0.0.1:{port} is in use (another benchmark still running?); "
+                "choose others with --ports"
+            ) from None
+        finally:
+            sock.close()
+
+
 def stop_process(proc: subprocess.Popen | None) -> None:
     if proc is None or proc.poll() is not None:
         return
@@ -544,6 +559,7 @@ def main(argv: list[str] | None = None) -> int:
         key, _, value = item.partition("=")
         env[key] = value
 
+    check_ports_free(ports if use_fr else ports[:2])
     admin = pg_connect(pg.get("dbname", "postgres"))
     monitor = None
     server: subprocess.Popen | None = None
@@ -637,7 +653,11 @@ def main(argv: list[str] | None = None) -> int:
                 stdout=srv_log,
                 stderr=subprocess.STDOUT,
             )
-            wait_ready(ports[0], "prepaid-radiusd", proc)
+            try:
+                wait_ready(ports[0], "prepaid-radiusd", proc)
+            except BaseException:
+                stop_process(proc)  # it may hang instead of exiting when it cannot start
+                raise
             return proc
 
         server = start_server()
