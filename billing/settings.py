@@ -37,6 +37,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "url": "",  # default: sqlite:///<state_dir>/prepaid-aaa.sqlite3
         "pool_size": 10,
         "echo": False,
+        "sqlite_busy_seconds": 30.0,  # SQLite: how long a writer waits for another's lock
     },
     "redis": {
         "url": "",  # empty: in-process live state (single process only)

@@ -82,6 +82,7 @@ def start(settings: Settings, reactor: Any) -> Running:
         settings.database_url,
         pool_size=int(settings["database"]["pool_size"]),
         echo=bool(settings["database"]["echo"]),
+        sqlite_busy_seconds=float(settings["database"]["sqlite_busy_seconds"]),
     )
     db.check_schema()
     store = store_from_settings(settings, db)

@@ -25,13 +25,17 @@ class SchemaNotReady(RuntimeError):
     """The database has no schema, or an older one: run ``prepaidctl db upgrade``."""
 
 
-def make_engine(url: str, pool_size: int = 10, echo: bool = False) -> Engine:
+def make_engine(
+    url: str, pool_size: int = 10, echo: bool = False, sqlite_busy_seconds: float = 30.0
+) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(
-            url, echo=echo, connect_args={"timeout": 30, "check_same_thread": False}
+            url,
+            echo=echo,
+            connect_args={"timeout": sqlite_busy_seconds, "check_same_thread": False},
         )
 
         @event.listens_for(engine, "connect")
@@ -41,7 +45,7 @@ def make_engine(url: str, pool_size: int = 10, echo: bool = False) -> Engine:
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.execute(f"PRAGMA busy_timeout={int(sqlite_busy_seconds * 1000)}")
             cursor.close()
 
         @event.listens_for(engine, "begin")
@@ -68,8 +72,10 @@ class Database:
         self._sessions = sessionmaker(bind=engine, expire_on_commit=False, autoflush=False)
 
     @classmethod
-    def from_url(cls, url: str, pool_size: int = 10, echo: bool = False) -> Database:
-        return cls(make_engine(url, pool_size, echo))
+    def from_url(
+        cls, url: str, pool_size: int = 10, echo: bool = False, sqlite_busy_seconds: float = 30.0
+    ) -> Database:
+        return cls(make_engine(url, pool_size, echo, sqlite_busy_seconds))
 
     @property
     def is_sqlite(self) -> bool:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 import secrets
 import socket
+import sqlite3
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -555,28 +556,55 @@ def test_sessions_reap_bills_silent_started_calls_from_last_progress(
 
 
 # ------------------------------------------------------------------------------------ database down
-@pytest.fixture
-def postgres_admin(deployment: Deployment) -> Iterator[tuple[Any, str]]:
-    url = deployment.env.get("PREPAID_DATABASE_URL", "")
-    if not url.startswith("postgresql"):
-        pytest.skip("taking the database away is tested on PostgreSQL; SQLite is a local file")
-    parsed = make_url(url)
-    admin = create_engine(parsed.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    name = parsed.database
-    assert name
-    try:
-        yield admin, name
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true'))
-        admin.dispose()
+class Outage:
+    """Take the server's database away and give it back, without touching the shared servers.
+
+    PostgreSQL: refuse new connections to this test's database and end the open ones.
+    SQLite: hold the file's write lock, as another writer would (the server's busy wait is
+    shortened so it gives up quickly).
+    """
+
+    def __init__(self, deployment: Deployment) -> None:
+        self.url = database_url(deployment)
+        self._lock: sqlite3.Connection | None = None
+        self._admin: Any = None
+        self.server_settings: dict[str, str] = {"PREPAID_DATABASE_SQLITE_BUSY_SECONDS": "1"}
+
+    def begin(self) -> None:
+        if self.url.startswith("sqlite"):
+            self._lock = sqlite3.connect(make_url(self.url).database, isolation_level=None)
+            self._lock.execute("BEGIN EXCLUSIVE")
+            return
+        parsed = make_url(self.url)
+        self._admin = create_engine(parsed.set(database="postgres"), isolation_level="AUTOCOMMIT")
+        with self._admin.connect() as conn:
+            conn.execute(text(f'ALTER DATABASE "{parsed.database}" ALLOW_CONNECTIONS false'))
+            conn.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = :name AND pid <> pg_backend_pid()"
+                ),
+                {"name": parsed.database},
+            )
+
+    def end(self) -> None:
+        if self._lock is not None:
+            self._lock.execute("ROLLBACK")
+            self._lock.close()
+            self._lock = None
+        if self._admin is not None:
+            name = make_url(self.url).database
+            with self._admin.connect() as conn:
+                conn.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true'))
+            self._admin.dispose()
+            self._admin = None
 
 
 def test_stop_is_acknowledged_only_after_commit_when_the_database_is_down(
-    deployment: Deployment, server: ServerProcess, nas: Radius, postgres_admin: tuple[Any, str]
+    deployment: Deployment, server: ServerProcess, nas: Radius
 ) -> None:
-    admin, name = postgres_admin
-    srv = deployment.start_server(**QUIET)
+    outage = Outage(deployment)
+    srv = deployment.start_server(**QUIET, **outage.server_settings)
     try:
         c = deployment.create_cards(1, "5.00")[0]
         call = Call(nas, srv.acct_port, c["pin"])
@@ -585,21 +613,12 @@ def test_stop_is_acknowledged_only_after_commit_when_the_database_is_down(
         stop = call.packet("Stop", Acct_Session_Time=125)
         data = stop.RequestPacket()
 
-        with admin.connect() as conn:
-            conn.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false'))
-            conn.execute(
-                text(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                    "WHERE datname = :name AND pid <> pg_backend_pid()"
-                ),
-                {"name": name},
-            )
+        outage.begin()
         assert nas.send_raw(data, srv.acct_port, timeout=3) is None
         assert srv.proc.poll() is None, "the server died with its database"
         srv.wait_for("radius.drop", reason="database-error")
 
-        with admin.connect() as conn:
-            conn.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true'))
+        outage.end()
         # The NAS retransmits the very same bytes: answered now that the database is back.
         raw = nas.send_raw(data, srv.acct_port, timeout=3)
         assert raw is not None, "no Accounting-Response once the database is back"
@@ -608,5 +627,6 @@ def test_stop_is_acknowledged_only_after_commit_when_the_database_is_down(
         assert stop.VerifyReply(reply, raw, enforce_ma=True)
         assert nas.send_raw(data, srv.acct_port) == raw  # and once more: the cached reply
     finally:
+        outage.end()
         srv.stop()
     assert_one_call_of_125s(deployment, c["serial"])
