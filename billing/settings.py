@@ -52,6 +52,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "dictionary": "",  # default: the packaged dictionaries/dictionary
         "reply_cache_seconds": 30,  # how long a reply is replayed for a retransmission
         "acct_interim_interval": 60,  # asked of the NAS in every Accept; 0: not sent
+        "max_queue_seconds": 2.0,  # a request waiting longer for a worker is dropped (overload)
+        "max_pending": 1000,  # requests waiting for a worker, at most; more are dropped
     },
     "billing": {
         "max_session_seconds": 10800,

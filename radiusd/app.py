@@ -135,13 +135,21 @@ def start(settings: Settings, reactor: Any) -> Running:
     handler.status_text = lambda: "Prepaid AAA is up: " + metrics.summary()
     server = RadiusServer(reactor, pool, handler, nas_table, local, metrics)
     bind = str(radius["bind"])
+    server.max_pending = int(radius["max_pending"])
+    handler.clock = reactor.seconds
+    handler.max_queue_seconds = float(radius["max_queue_seconds"])
     reuse = bool(settings["server"]["reuse_port"])
-    auth_port = listen_udp(
-        reactor, reuse, int(radius["auth_port"]), RadiusProtocol(server, AUTH), interface=bind
-    )
-    acct_port = listen_udp(
-        reactor, reuse, int(radius["acct_port"]), RadiusProtocol(server, ACCT), interface=bind
-    )
+    try:
+        auth_port = listen_udp(
+            reactor, reuse, int(radius["auth_port"]), RadiusProtocol(server, AUTH), interface=bind
+        )
+        acct_port = listen_udp(
+            reactor, reuse, int(radius["acct_port"]), RadiusProtocol(server, ACCT), interface=bind
+        )
+    except BaseException:
+        pool.stop()  # or its threads keep the process alive after the error is reported
+        db.dispose()
+        raise
 
     metrics_port = None
     if settings["metrics"]["enabled"]:

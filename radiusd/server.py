@@ -95,9 +95,15 @@ class Handler:
         self.reply_ttl = reply_ttl
         self.on_first_ma = on_first_message_authenticator
         self.interim_interval = interim_interval
+        self.clock: Callable[[], float] = time.time
+        self.max_queue_seconds = 2.0
         self.status_text: Callable[[], str] = lambda: "Prepaid AAA is up"
 
     def handle(self, kind: str, nas: Nas, data: bytes, cache_key: str, arrival: float) -> Outcome:
+        if self.clock() - arrival > self.max_queue_seconds:
+            # The NAS has given up on this one (and retransmitted, or failed over): answering
+            # now only delays the requests behind it. Shed load instead of falling behind.
+            raise Drop("queue-timeout")
         shared = self.shared_replies
         if shared is None:
             return self._process(kind, nas, data, cache_key, arrival)
@@ -187,6 +193,7 @@ class RadiusServer:
         self.local_replies = local_replies
         self.metrics = metrics
         self._in_flight: set[str] = set()
+        self.max_pending = 1000  # requests queued for the worker threads, at most
 
     def drop(self, kind: str, reason: str, addr: tuple[str, int], **fields: Any) -> None:
         self.metrics.drops.labels(reason).inc()
@@ -215,6 +222,9 @@ class RadiusServer:
             return
         if cache_key in self._in_flight:
             self.drop(kind, "in-flight-duplicate", addr, nas=nas.name)
+            return
+        if len(self._in_flight) >= self.max_pending:
+            self.drop(kind, "overload", addr, nas=nas.name)
             return
         self._in_flight.add(cache_key)
         d = deferToThreadPool(

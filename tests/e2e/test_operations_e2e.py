@@ -84,3 +84,23 @@ def test_status_server_reply_carries_counters(server: ServerProcess) -> None:
     message = reply["Reply-Message"][0]
     assert message.startswith("Prepaid AAA is up: accept=")
     assert "drops=" in message
+
+
+def test_server_exits_with_a_clear_error_when_its_port_is_taken(deployment: Deployment) -> None:
+    import socket
+    import subprocess
+
+    from support import BIN
+
+    taken = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    taken.bind(("127.0.0.1", 0))
+    try:
+        env = dict(deployment.env, PREPAID_RADIUS_AUTH_PORT=str(taken.getsockname()[1]))
+        proc = subprocess.run(
+            [str(BIN / "prepaid-radiusd")], env=env, cwd=deployment.dir,
+            capture_output=True, text=True, timeout=30,
+        )
+    finally:
+        taken.close()
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: cannot listen")
