@@ -2,23 +2,27 @@
 
 SQLite runs in WAL mode with a busy timeout, and every transaction starts with
 ``BEGIN IMMEDIATE`` so concurrent writers (the server and ``prepaidctl``) queue instead of failing
-on a lock upgrade. PostgreSQL uses row locks (``SELECT ... FOR UPDATE`` on the card) and a
-pre-ping pool, so a restarted database is reconnected to transparently.
+on a lock upgrade. PostgreSQL uses row locks (``SELECT ... FOR UPDATE`` on the card); a
+connection the database dropped is noticed on use and the work retried once on a fresh one
+(:meth:`Database.run`).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy import Connection, Engine, create_engine, event, inspect
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 import schema
+
+T = TypeVar("T")
 
 
 class SchemaNotReady(RuntimeError):
@@ -58,7 +62,6 @@ def make_engine(
         echo=echo,
         pool_size=pool_size,
         max_overflow=pool_size,
-        pool_pre_ping=True,
         pool_timeout=5,
         connect_args={"connect_timeout": 3, "application_name": f"prepaid-aaa[{os.getpid()}]"},
     )
@@ -85,6 +88,22 @@ class Database:
     def transaction(self) -> Iterator[Session]:
         with self._sessions() as session, session.begin():
             yield session
+
+    def run(self, work: Callable[[Connection], T]) -> T:
+        """Run ``work`` in one transaction on a Core connection.
+
+        Connections are not pinged before use (a round trip per request); instead, when the
+        database turns out to have dropped the connection (a restart, a failover), the pool is
+        renewed and ``work`` runs once more on a fresh connection.
+        """
+        for attempt in (1, 2):
+            try:
+                with self.engine.begin() as conn:
+                    return work(conn)
+            except DBAPIError as exc:
+                if attempt == 2 or not exc.connection_invalidated:
+                    raise
+        raise AssertionError("unreachable")
 
     def check_schema(self) -> None:
         """Raise :class:`SchemaNotReady` unless the migrations are at head."""

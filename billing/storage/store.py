@@ -18,9 +18,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
-from sqlalchemy import delete, func, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
 from billing.calls import (
@@ -56,11 +57,65 @@ from billing.storage.models import (
     LedgerEntry,
     LiveSession,
     NasClient,
+    RateRow,
     SecurityEvent,
 )
-from billing.storage.rates import find_rate, rate_from_row
+from billing.storage.rates import candidate_prefixes, find_rate
 
 OPEN_STATES = ("authorized", "started")
+
+# The authorization's statements, built once: SQLAlchemy caches their compiled SQL, so a request
+# pays only for executing them.
+_cards = Card.__table__
+_CARD_COLUMNS = [
+    _cards.c.id,
+    _cards.c.serial,
+    _cards.c.pin_hash,
+    _cards.c.card_type,
+    _cards.c.state,
+    _cards.c.locked,
+    _cards.c.balance,
+    _cards.c.max_calls,
+    _cards.c.activation_mode,
+    _cards.c.validity_days,
+    _cards.c.expires_at,
+    _cards.c.first_used_at,
+    _cards.c.currency,
+    _cards.c.rate_group_id,
+    _cards.c.failed_pin_count,
+]
+CARD_BY_PIN = (
+    select(*_CARD_COLUMNS).where(_cards.c.pin_hash == bindparam("pin_hash")).with_for_update()
+)
+CARD_BY_SERIAL = (
+    select(*_CARD_COLUMNS).where(_cards.c.serial == bindparam("serial")).with_for_update()
+)
+CARD_BY_ANI = (
+    select(*_CARD_COLUMNS)
+    .join(BindNumber.__table__, BindNumber.__table__.c.card_id == _cards.c.id)
+    .where(BindNumber.__table__.c.ani == bindparam("ani"))
+    .with_for_update(of=_cards)
+)
+_live = LiveSession.__table__
+OPEN_CALLS = select(
+    func.count(_live.c.id), func.coalesce(func.sum(_live.c.reserved_amount), 0)
+).where(
+    _live.c.card_id == bindparam("card_id"),
+    _live.c.state.in_(OPEN_STATES),
+    _live.c.deadline_at > bindparam("now"),
+)
+_rates = RateRow.__table__
+RATE_BY_PREFIX = (
+    select(_rates)
+    .where(
+        _rates.c.rate_group_id == bindparam("group"),
+        _rates.c.prefix.in_(bindparam("prefixes", expanding=True)),
+    )
+    .order_by(func.length(_rates.c.prefix).desc())
+    .limit(1)
+)
+INSERT_GRANT = insert(_live).values(state="authorized", session_key=None, session_seconds=0)
+SECURITY_EVENT = insert(SecurityEvent.__table__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +137,7 @@ class Identified:
     failure: RejectReason | None = None  # a wrong PIN, an unknown card, ...
     counts_as_guess: bool = False  # a failure that a PIN guesser would cause
     serial: str | None = None
+    event: str | None = None  # the security event to record
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +148,8 @@ class ReapResult:
     live: int = 0  # calls still live (granted or started) afterwards
 
 
-def _card_snapshot(card: Card) -> CardSnapshot:
+def _card_snapshot(card: Any) -> CardSnapshot:
+    """A card row (ORM object or result row) as the domain sees it."""
     return CardSnapshot(
         card_id=card.id,
         serial=str(card.serial),
@@ -188,131 +245,141 @@ class Store:
             )
 
     # ------------------------------------------------------------------ authorization
-    def _identify(self, s: Session, req: AuthRequest, now: datetime) -> Identified:
+    def _card_row(self, conn: Connection, req: AuthRequest) -> tuple[Any, Identified]:
+        """Find and lock the calling card in one statement: (row, how) or (None, failure)."""
         user = req.user_name.strip()
         if req.calling_number and (not user or user == req.calling_number):
-            card_id = s.scalar(
-                select(BindNumber.card_id).where(BindNumber.ani == req.calling_number)
-            )
-            if card_id is not None:
-                return Identified(card_id, "ani")
+            row = conn.execute(CARD_BY_ANI, {"ani": req.calling_number}).first()
+            if row is not None:
+                return row, Identified(row.id, "ani")
             if not user or req.password in (None, "", user):
-                return Identified(None, "ani", RejectReason.UNKNOWN_ACCOUNT)
+                return None, Identified(None, "ani", RejectReason.UNKNOWN_ACCOUNT)
         if not user:
-            return Identified(None, "pin", RejectReason.UNKNOWN_ACCOUNT)
+            return None, Identified(None, "pin", RejectReason.UNKNOWN_ACCOUNT)
         password = req.password or ""
         if password in ("", user):
-            if not looks_like_pin(user):
-                return Identified(None, "pin", RejectReason.UNKNOWN_ACCOUNT, counts_as_guess=True)
-            card_id = s.scalar(select(Card.id).where(Card.pin_hash == self._hash_pin(user)))
-            if card_id is None:
-                return Identified(None, "pin", RejectReason.UNKNOWN_ACCOUNT, counts_as_guess=True)
-            return Identified(card_id, "pin")
+            if looks_like_pin(user):
+                row = conn.execute(CARD_BY_PIN, {"pin_hash": self._hash_pin(user)}).first()
+                if row is not None:
+                    return row, Identified(row.id, "pin")
+            return None, Identified(None, "pin", RejectReason.UNKNOWN_ACCOUNT, counts_as_guess=True)
         # Card number + PIN.
-        if not user.isdigit() or len(user) > 18:
-            return Identified(None, "card", RejectReason.INVALID_CARD_NUMBER, counts_as_guess=True)
-        card = s.scalars(select(Card).where(Card.serial == int(user)).with_for_update()).first()
-        if card is None:
-            return Identified(None, "card", RejectReason.INVALID_CARD_NUMBER, counts_as_guess=True)
-        if card.pin_hash != self._hash_pin(password):
-            card.failed_pin_count += 1
-            kind = "wrong-pin"
-            if card.failed_pin_count >= self.security.card_failure_limit and not card.locked:
-                card.locked = True
-                card.lock_reason = "pin-attack"
-                kind = "card-locked"
-            s.add(
-                SecurityEvent(
-                    kind=kind,
-                    nas_id=req.nas_id,
-                    calling_number=req.calling_number,
-                    card_id=card.id,
-                    created_at=now,
+        row = None
+        if user.isdigit() and len(user) <= 18:
+            row = conn.execute(CARD_BY_SERIAL, {"serial": int(user)}).first()
+        if row is None:
+            return None, Identified(
+                None, "card", RejectReason.INVALID_CARD_NUMBER, counts_as_guess=True
+            )
+        if row.pin_hash != self._hash_pin(password):
+            failures = row.failed_pin_count + 1
+            lock = failures >= self.security.card_failure_limit and not row.locked
+            conn.execute(
+                update(_cards)
+                .where(_cards.c.id == row.id)
+                .values(
+                    failed_pin_count=failures,
+                    **({"locked": True, "lock_reason": "pin-attack"} if lock else {}),
                 )
             )
-            return Identified(
-                card.id, "card", RejectReason.INVALID_PASSWORD, True, serial=str(card.serial)
+            return None, Identified(
+                row.id,
+                "card",
+                RejectReason.INVALID_PASSWORD,
+                True,
+                serial=str(row.serial),
+                event="card-locked" if lock else "wrong-pin",
             )
-        return Identified(card.id, "card", serial=str(card.serial))
+        if row.failed_pin_count:
+            conn.execute(update(_cards).where(_cards.c.id == row.id).values(failed_pin_count=0))
+        return row, Identified(row.id, "card")
 
     def authorize(self, req: AuthRequest, now: datetime) -> AuthResult:
-        """Identify the card, decide, and reserve the grant — one transaction."""
-        with self.db.transaction() as s:
-            ident = self._identify(s, req, now)
-            if ident.failure is not None:
-                if ident.counts_as_guess and ident.failure != RejectReason.INVALID_PASSWORD:
-                    s.add(
-                        SecurityEvent(
-                            kind="unknown-pin",
-                            nas_id=req.nas_id,
-                            calling_number=req.calling_number,
-                            created_at=now,
-                        )
-                    )
-                return Rejected(ident.failure, ident.serial)
-            assert ident.card_id is not None
-            card = s.scalars(select(Card).where(Card.id == ident.card_id).with_for_update()).one()
-            if ident.method == "card" and card.failed_pin_count:
-                card.failed_pin_count = 0
-            open_calls = s.execute(
-                select(
-                    func.count(LiveSession.id),
-                    func.coalesce(func.sum(LiveSession.reserved_amount), 0),
+        """Identify the card, decide, and reserve the grant — one short transaction.
+
+        The hot path of the server: a handful of prepared statements on one connection, no ORM
+        unit of work. The card row stays locked (PostgreSQL ``FOR UPDATE``; SQLite's one writer)
+        from the first read to the reservation's insert.
+        """
+        return self.db.run(lambda conn: self._authorize(conn, req, now))
+
+    def _authorize(self, conn: Connection, req: AuthRequest, now: datetime) -> AuthResult:
+        row, ident = self._card_row(conn, req)
+        if ident.failure is not None:
+            failure = ident
+            if failure.counts_as_guess:
+                conn.execute(
+                    SECURITY_EVENT,
+                    {
+                        "kind": failure.event or "unknown-pin",
+                        "nas_id": req.nas_id,
+                        "calling_number": req.calling_number,
+                        "card_id": failure.card_id,
+                        "created_at": now,
+                    },
                 )
-                .where(LiveSession.card_id == card.id)
-                .where(LiveSession.state.in_(OPEN_STATES))
-                .where(LiveSession.deadline_at > now)
-            ).one()
-            rate_row = (
-                find_rate(s, card.rate_group_id, req.called_number) if req.called_number else None
-            )
-            rate = rate_from_row(rate_row) if rate_row is not None else None
-            decision = decide(
-                _card_snapshot(card),
-                rate,
-                live_calls=int(open_calls[0]),
-                reserved_by_others=Decimal(open_calls[1]),
-                now=now,
-                limits=self.limits,
-            )
-            serial = str(card.serial)
-            if not isinstance(decision, Grant):
-                return Rejected(decision.reason, serial)
-            token = self._new_token()
-            s.add(
-                LiveSession(
-                    token=token,
-                    session_key=None,
-                    card_id=card.id,
-                    nas_id=req.nas_id,
-                    state="authorized",
-                    auth_method=ident.method,
-                    acct_session_id=req.acct_session_id,
-                    conf_id=req.conf_id,
-                    calling_number=req.calling_number,
-                    called_number=req.called_number,
-                    rate_prefix=decision.rate.prefix,
-                    price_per_minute=decision.rate.price_per_minute,
-                    connection_fee=decision.rate.connection_fee,
-                    first_increment=decision.rate.first_increment,
-                    next_increment=decision.rate.next_increment,
-                    grace_seconds=decision.rate.grace_seconds,
-                    granted_seconds=decision.seconds,
-                    reserved_amount=decision.reserved_amount,
-                    session_seconds=0,
-                    authorized_at=now,
-                    last_update_at=now,
-                    deadline_at=now + timedelta(seconds=self.sessions.start_timeout_seconds),
+            return Rejected(failure.failure, failure.serial)
+        method = ident.method
+        open_count, reserved = conn.execute(OPEN_CALLS, {"card_id": row.id, "now": now}).one()
+        rate = None
+        if req.called_number and req.called_number.isdigit():
+            found = conn.execute(
+                RATE_BY_PREFIX,
+                {"group": row.rate_group_id, "prefixes": candidate_prefixes(req.called_number)},
+            ).first()
+            if found is not None:
+                rate = Rate(
+                    prefix=found.prefix,
+                    price_per_minute=found.price_per_minute,
+                    connection_fee=found.connection_fee,
+                    first_increment=found.first_increment,
+                    next_increment=found.next_increment,
+                    grace_seconds=found.grace_seconds,
                 )
-            )
-            return Accepted(
-                token=token,
-                serial=serial,
-                session_seconds=decision.seconds,
-                available_amount=decision.available_amount,
-                currency=card.currency,
-                auth_method=ident.method,
-            )
+        decision = decide(
+            _card_snapshot(row),
+            rate,
+            live_calls=int(open_count),
+            reserved_by_others=Decimal(reserved),
+            now=now,
+            limits=self.limits,
+        )
+        serial = str(row.serial)
+        if not isinstance(decision, Grant):
+            return Rejected(decision.reason, serial)
+        token = self._new_token()
+        conn.execute(
+            INSERT_GRANT,
+            {
+                "token": token,
+                "card_id": row.id,
+                "nas_id": req.nas_id,
+                "auth_method": method,
+                "acct_session_id": req.acct_session_id,
+                "conf_id": req.conf_id,
+                "calling_number": req.calling_number,
+                "called_number": req.called_number,
+                "rate_prefix": decision.rate.prefix,
+                "price_per_minute": decision.rate.price_per_minute,
+                "connection_fee": decision.rate.connection_fee,
+                "first_increment": decision.rate.first_increment,
+                "next_increment": decision.rate.next_increment,
+                "grace_seconds": decision.rate.grace_seconds,
+                "granted_seconds": decision.seconds,
+                "reserved_amount": decision.reserved_amount,
+                "authorized_at": now,
+                "last_update_at": now,
+                "deadline_at": now + timedelta(seconds=self.sessions.start_timeout_seconds),
+            },
+        )
+        return Accepted(
+            token=token,
+            serial=serial,
+            session_seconds=decision.seconds,
+            available_amount=decision.available_amount,
+            currency=row.currency,
+            auth_method=method,
+        )
 
     # ------------------------------------------------------------------ accounting
     def account(self, ev: AcctEvent, now: datetime) -> AcctResult:
@@ -324,6 +391,10 @@ class Store:
                 # Another process opened or billed the same call at the same moment: the
                 # unique keys refused the second copy. Run again; it now finds the call.
                 if attempt == 2:
+                    raise
+            except DBAPIError as exc:
+                # The database dropped the connection (restart, failover): once more, fresh.
+                if attempt == 2 or not exc.connection_invalidated:
                     raise
         raise AssertionError("unreachable")
 

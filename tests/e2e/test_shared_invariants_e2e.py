@@ -71,9 +71,10 @@ class Nas:
         port = (lambda s: s.acct_port) if acct else (lambda s: s.auth_port)
         data = pkt.RequestPacket()
         sock = self.radius.sock
+        mode = self.rng.random()
         sock.sendto(data, ("127.0.0.1", port(first)))
-        if self.rng.random() < 0.7:
-            sock.sendto(data, ("127.0.0.1", port(second)))  # failover retransmission
+        if mode < 0.4:
+            sock.sendto(data, ("127.0.0.1", port(second)))  # failover while the first works
         replies: list[bytes] = []
         sock.settimeout(3.0)
         for attempt in range(4):
@@ -90,6 +91,16 @@ class Nas:
             sock.settimeout(0.3)  # collect the other instance's answer, if any
         if not replies:
             return None
+        if mode > 0.8:
+            # The reply was lost on its way: the NAS retransmits to its other server, which
+            # must replay the very same reply from the shared cache.
+            sock.sendto(data, ("127.0.0.1", port(second)))
+            sock.settimeout(3.0)
+            while True:
+                raw, _ = sock.recvfrom(8192)
+                if raw[1] == data[1]:
+                    replies.append(raw)
+                    break
         if any(r != replies[0] for r in replies):
             self.mismatches.append(f"{pkt.code}: different replies")
         reply = pkt.CreateReply(packet=replies[0])
