@@ -20,6 +20,9 @@ run: $(BIN)/.installed
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+bench: $(BIN)/.installed
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .
 
