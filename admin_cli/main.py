@@ -44,7 +44,7 @@ from billing.storage.database import Database, SchemaNotReady
 from billing.storage.keys import KeyError_, load_or_create_pin_key
 from billing.storage.reports import Reports
 
-PROGRESS_THRESHOLD = 10_000
+PROGRESS_THRESHOLD = 1_000
 """Batches at least this large show a progress bar on stderr."""
 
 
