@@ -7,7 +7,9 @@ One query: every prefix of the (already normalized) number is a candidate, the u
 
 from __future__ import annotations
 
-from sqlalchemy import func, select
+from typing import Any
+
+from sqlalchemy import Connection, bindparam, func, select
 from sqlalchemy.orm import Session
 
 from billing.rating import Rate
@@ -39,8 +41,31 @@ def find_rate(session: Session, rate_group_id: int, number: str) -> RateRow | No
     ).first()
 
 
-def rate_from_row(row: RateRow) -> Rate:
-    """The pure :class:`~billing.rating.Rate` of a stored rate row."""
+_rates = RateRow.__table__
+#: The server's form of the lookup, built once so its compiled SQL is cached.
+RATE_BY_PREFIX = (
+    select(_rates)
+    .where(
+        _rates.c.rate_group_id == bindparam("group"),
+        _rates.c.prefix.in_(bindparam("prefixes", expanding=True)),
+    )
+    .order_by(func.length(_rates.c.prefix).desc())
+    .limit(1)
+)
+
+
+def rate_for(conn: Connection | Session, rate_group_id: int, number: str) -> Rate | None:
+    """The same longest-prefix lookup on a Core connection, as a pure :class:`Rate`."""
+    if not number or not (number.isascii() and number.isdigit()):
+        return None
+    row = conn.execute(
+        RATE_BY_PREFIX, {"group": rate_group_id, "prefixes": candidate_prefixes(number)}
+    ).first()
+    return rate_from_row(row) if row is not None else None
+
+
+def rate_from_row(row: Any) -> Rate:
+    """The pure :class:`~billing.rating.Rate` of a stored rate (ORM object or result row)."""
     return Rate(
         prefix=row.prefix,
         price_per_minute=row.price_per_minute,

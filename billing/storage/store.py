@@ -57,10 +57,9 @@ from billing.storage.models import (
     LedgerEntry,
     LiveSession,
     NasClient,
-    RateRow,
     SecurityEvent,
 )
-from billing.storage.rates import candidate_prefixes, find_rate
+from billing.storage.rates import rate_for
 
 OPEN_STATES = ("authorized", "started")
 
@@ -103,16 +102,6 @@ OPEN_CALLS = select(
     _live.c.card_id == bindparam("card_id"),
     _live.c.state.in_(OPEN_STATES),
     _live.c.deadline_at > bindparam("now"),
-)
-_rates = RateRow.__table__
-RATE_BY_PREFIX = (
-    select(_rates)
-    .where(
-        _rates.c.rate_group_id == bindparam("group"),
-        _rates.c.prefix.in_(bindparam("prefixes", expanding=True)),
-    )
-    .order_by(func.length(_rates.c.prefix).desc())
-    .limit(1)
 )
 INSERT_GRANT = insert(_live).values(state="authorized", session_key=None, session_seconds=0)
 SECURITY_EVENT = insert(SecurityEvent.__table__)
@@ -321,21 +310,7 @@ class Store:
             return Rejected(failure.failure, failure.serial)
         method = ident.method
         open_count, reserved = conn.execute(OPEN_CALLS, {"card_id": row.id, "now": now}).one()
-        rate = None
-        if req.called_number and req.called_number.isdigit():
-            found = conn.execute(
-                RATE_BY_PREFIX,
-                {"group": row.rate_group_id, "prefixes": candidate_prefixes(req.called_number)},
-            ).first()
-            if found is not None:
-                rate = Rate(
-                    prefix=found.prefix,
-                    price_per_minute=found.price_per_minute,
-                    connection_fee=found.connection_fee,
-                    first_increment=found.first_increment,
-                    next_increment=found.next_increment,
-                    grace_seconds=found.grace_seconds,
-                )
+        rate = rate_for(conn, row.rate_group_id, req.called_number)
         decision = decide(
             _card_snapshot(row),
             rate,
@@ -508,7 +483,7 @@ class Store:
         card = self._card_for_accounting(s, ev)
         if card is None:
             return None
-        rate_row = find_rate(s, card.rate_group_id, ev.called_number) if ev.called_number else None
+        rate_row = rate_for(s, card.rate_group_id, ev.called_number)
         live = LiveSession(
             token=key,
             session_key=key,
