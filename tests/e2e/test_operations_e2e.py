@@ -8,7 +8,6 @@ from collections.abc import Iterator
 
 import pytest
 from pyrad import packet as rp
-
 from support import DICTIONARY, Deployment, Radius, ServerProcess
 
 pytestmark = pytest.mark.e2e

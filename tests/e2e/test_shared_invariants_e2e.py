@@ -21,7 +21,6 @@ from pathlib import Path
 
 import pytest
 from pyrad import packet as rp
-
 from support import Deployment, Radius, ServerProcess
 
 pytestmark = pytest.mark.e2e
