@@ -154,7 +154,8 @@ def start(settings: Settings, reactor: Any) -> Running:
     metrics_port = None
     if settings["metrics"]["enabled"]:
         root = Resource()
-        root.putChild(b"metrics", MetricsResource(registry=metrics.registry))
+        # prometheus-client's resource is a WSGIResource, an IResource at run time
+        root.putChild(b"metrics", MetricsResource(registry=metrics.registry))  # type: ignore[arg-type]
         metrics_port = reactor.listenTCP(
             int(settings["metrics"]["port"]), Site(root), interface=str(settings["metrics"]["bind"])
         )

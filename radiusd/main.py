@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, CannotListenError) as exc:
         print(f"error: cannot listen: {exc}", file=sys.stderr)
         return 2
-    reactor.run()  # type: ignore[attr-defined]
+    reactor.run()  # type: ignore[attr-defined,misc]
     log.info("server.stopped")
     return 0
 

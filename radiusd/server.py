@@ -22,7 +22,6 @@ from typing import Any
 import structlog
 from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
-from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
@@ -179,7 +178,7 @@ class RadiusServer:
 
     def __init__(
         self,
-        reactor: IReactorTime,
+        reactor: Any,  # IReactorTime; the interface does not type-check as a class
         pool: ThreadPool,
         handler: Handler,
         nas_table: NasTable,

@@ -102,8 +102,8 @@ class TestCall:
                     acct["Calling-Station-Id"] = ani
                 for value in reply.get("Class", []):
                     acct["Class"] = value
-                for name, value in extra.items():
-                    acct[name] = value
+                for name, number in extra.items():
+                    acct[name] = number
                 if status == "Stop":
                     acct["Acct-Terminate-Cause"] = "User-Request"
                 answer = self._send(sock, acct, self.acct_port)

@@ -173,7 +173,9 @@ class RedisLiveState:
         value = self._redis.get(name)
         if value is None:  # expired between the two calls: try once more
             return bool(self._redis.set(name, PENDING, px=int(ttl_seconds * 1000), nx=True)), None
-        return False, None if value == PENDING else bytes(value)
+        if value == PENDING:
+            return False, None
+        return False, value if isinstance(value, bytes) else str(value).encode()
 
     def reply_release(self, key: str) -> None:
         name = self._k("reply", key)

@@ -18,9 +18,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
+from sqlalchemy import (
+    Connection,
+    CursorResult,
+    Table,
+    bindparam,
+    delete,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
@@ -65,7 +75,7 @@ OPEN_STATES = ("authorized", "started")
 
 # The authorization's statements, built once: SQLAlchemy caches their compiled SQL, so a request
 # pays only for executing them.
-_cards = Card.__table__
+_cards = cast(Table, Card.__table__)
 _CARD_COLUMNS = [
     _cards.c.id,
     _cards.c.serial,
@@ -95,7 +105,7 @@ CARD_BY_ANI = (
     .where(BindNumber.__table__.c.ani == bindparam("ani"))
     .with_for_update(of=_cards)
 )
-_live = LiveSession.__table__
+_live = cast(Table, LiveSession.__table__)
 OPEN_CALLS = select(
     func.count(_live.c.id), func.coalesce(func.sum(_live.c.reserved_amount), 0)
 ).where(
@@ -104,7 +114,7 @@ OPEN_CALLS = select(
     _live.c.deadline_at > bindparam("now"),
 )
 INSERT_GRANT = insert(_live).values(state="authorized", session_key=None, session_seconds=0)
-SECURITY_EVENT = insert(SecurityEvent.__table__)
+SECURITY_EVENT = insert(cast(Table, SecurityEvent.__table__))
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,6 +317,7 @@ class Store:
                         "created_at": now,
                     },
                 )
+            assert failure.failure is not None
             return Rejected(failure.failure, failure.serial)
         method = ident.method
         open_count, reserved = conn.execute(OPEN_CALLS, {"card_id": row.id, "now": now}).one()
@@ -713,11 +724,12 @@ class Store:
             closed = sum(1 for _, state in stale if state == "started")
             self._close_many(s, [row[0] for row in stale], now, "reaped")
             cutoff = now - timedelta(days=self.sessions.closed_session_retention_days)
-            purged = s.execute(
+            deleted = s.execute(
                 delete(LiveSession)
                 .where(LiveSession.state.in_(("closed", "released")))
                 .where(LiveSession.closed_at < cutoff)
-            ).rowcount
+            )
+            purged = cast(CursorResult[Any], deleted).rowcount
             live = s.scalar(
                 select(func.count(LiveSession.id)).where(LiveSession.state.in_(OPEN_STATES))
             )
