@@ -43,9 +43,8 @@ class SessionService:
 
     def authorize(self, req: AuthRequest, now: datetime) -> AuthResult:
         sources = self._sources(req)
-        for key, _ in sources:
-            if self.live.is_locked_out(key):
-                return Rejected(RejectReason.RETRIES_EXCEEDED)
+        if self.live.is_locked_out(*(key for key, _ in sources)):
+            return Rejected(RejectReason.RETRIES_EXCEEDED)
         result = self.store.authorize(req, now)
         if isinstance(result, Rejected) and result.reason in GUESS_REASONS:
             if (

@@ -45,7 +45,9 @@ class LiveState(Protocol):
 
     def lock_out(self, key: str, seconds: int) -> None: ...
 
-    def is_locked_out(self, key: str) -> bool: ...
+    def is_locked_out(self, *keys: str) -> bool:
+        """Whether any of ``keys`` is locked out (one round trip for all)."""
+        ...
 
     def ping(self) -> bool: ...
 
@@ -117,15 +119,18 @@ class InProcessLiveState:
         with self._lock:
             self._lockouts[key] = self._clock() + seconds
 
-    def is_locked_out(self, key: str) -> bool:
+    def is_locked_out(self, *keys: str) -> bool:
+        now = self._clock()
         with self._lock:
-            until = self._lockouts.get(key)
-            if until is None:
-                return False
-            if until <= self._clock():
-                del self._lockouts[key]
-                return False
-            return True
+            for key in keys:
+                until = self._lockouts.get(key)
+                if until is None:
+                    continue
+                if until <= now:
+                    del self._lockouts[key]
+                    continue
+                return True
+            return False
 
     def ping(self) -> bool:
         return True
@@ -196,8 +201,8 @@ class RedisLiveState:
     def lock_out(self, key: str, seconds: int) -> None:
         self._redis.set(self._k("lockout", key), b"1", ex=seconds)
 
-    def is_locked_out(self, key: str) -> bool:
-        return bool(self._redis.exists(self._k("lockout", key)))
+    def is_locked_out(self, *keys: str) -> bool:
+        return bool(self._redis.exists(*(self._k("lockout", key) for key in keys)))
 
     def ping(self) -> bool:
         return bool(self._redis.ping())
@@ -248,8 +253,8 @@ class FallbackLiveState:
     def lock_out(self, key: str, seconds: int) -> None:
         self._call("lock_out", key, seconds)
 
-    def is_locked_out(self, key: str) -> bool:
-        return self._call("is_locked_out", key)  # type: ignore[return-value]
+    def is_locked_out(self, *keys: str) -> bool:
+        return self._call("is_locked_out", *keys)  # type: ignore[return-value]
 
     def ping(self) -> bool:
         return self._primary.ping()

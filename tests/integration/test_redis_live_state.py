@@ -57,3 +57,10 @@ def test_failures_count_within_window_and_lockout(state: RedisLiveState) -> None
     state.lock_out("nas:1", 60)
     assert state.is_locked_out("nas:1")
     assert state.ping()
+
+
+def test_lockout_of_any_key_in_one_call(state: RedisLiveState) -> None:
+    assert not state.is_locked_out("ani:1", "nas:9")
+    state.lock_out("nas:9", 60)
+    assert state.is_locked_out("ani:1", "nas:9")
+    assert not state.is_locked_out("ani:1")
