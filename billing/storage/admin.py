@@ -16,11 +16,16 @@ Decisions written down here:
   the first one being 1000000001. On PostgreSQL batch creation takes a transaction-scoped
   advisory lock so two concurrent batches neither collide on serials nor on PIN hashes; SQLite
   transactions are ``BEGIN IMMEDIATE`` and already serialize.
-- A batch is written in chunks (PINs generated, hashed, checked against the database, inserted
-  with Core ``executemany``, then their ``creation`` ledger entries with one
-  ``INSERT ... SELECT``), and each chunk's (serial, PIN) rows are handed to an export sink while
-  the transaction is still open: nothing grows with the batch size. If anything fails, including
-  the export, the whole batch rolls back (the caller deletes the partial export file).
+- A batch is written in chunks (PINs generated, hashed, checked against the database, the
+  cards inserted, then their ``creation`` ledger entries with one ``INSERT ... SELECT``), and
+  each chunk's (serial, PIN) rows are handed to an export sink while the transaction is still
+  open: nothing grows with the batch size (but a 2 MB-per-million-cards filter on PostgreSQL).
+  A background thread draws and hashes the PINs one chunk ahead. On PostgreSQL the cards go
+  in with ``COPY`` (50,000 per chunk) and that thread also checks the new hashes against the
+  cards on a connection of its own; on SQLite they go in with Core ``executemany`` (5,000 per
+  chunk) after a check on the batch's connection. Within a chunk serials follow the PIN
+  hashes' order. If anything fails, including the export, the whole batch rolls back (the
+  caller deletes the partial export file).
 - An absolute expiry date means the card stops working at the end of that day (23:59:59 UTC).
 - Activation only moves ``inactive`` cards to ``active``; validity still starts at first use.
   Lock, unlock and activate choose cards the same way: serials, a batch, or a serial range.
@@ -40,8 +45,11 @@ import csv
 import io
 import ipaddress
 import os
+import queue
 import re
-from collections.abc import Callable, Iterable, Sequence
+import threading
+from collections.abc import Callable, Container, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
@@ -91,6 +99,7 @@ NAS_PROFILES = ("generic", "cisco")
 MESSAGE_AUTHENTICATOR_POLICIES = ("auto", "yes", "no")
 FIRST_SERIAL = 1_000_000_001
 CHUNK_SIZE = 5_000
+COPY_CHUNK_SIZE = 50_000  # cards per COPY on PostgreSQL
 _IN_CHUNK = 900  # bind parameters per IN (...) query, below SQLite's historical limit of 999
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
@@ -488,6 +497,356 @@ def open_export_file(path: Path, overwrite: bool = False) -> io.TextIOWrapper:
     return os.fdopen(fd, "w", encoding="utf-8", newline="")
 
 
+# ---------------------------------------------------------------------------------- card writers
+_Draw = list[tuple[str, str]]
+"""(PIN hash, PIN) pairs with distinct hashes."""
+
+
+def _draw(fmt: PinFormat, n: int, hasher: Callable[[str], str], avoid: Container[str]) -> _Draw:
+    """``n`` new PINs (fewer if some hash is in ``avoid``), with their hashes."""
+    drawn: dict[str, str] = {}
+    for pin in generate_pins(fmt, n):
+        h = hasher(pin)
+        if h not in avoid:
+            drawn[h] = pin
+    return list(drawn.items())
+
+
+def _fresh_pins(
+    taken: Callable[[list[str]], set[str]],
+    fmt: PinFormat,
+    n: int,
+    hasher: Callable[[str], str],
+    first: _Draw | None = None,
+) -> _Draw:
+    """``n`` (hash, PIN) pairs whose hashes no card has yet (``taken`` asks the database),
+    starting from the draw ``first`` when given; PINs found taken are drawn again."""
+    chosen: dict[str, str] = {}
+    candidates = first if first is not None else _draw(fmt, n, hasher, chosen)
+    while True:
+        used = taken([h for h, _pin in candidates])
+        for h, pin in candidates:
+            if h not in used:
+                chosen[h] = pin
+        if len(chosen) >= n:
+            return list(chosen.items())[:n]
+        candidates = _draw(fmt, n - len(chosen), hasher, chosen)
+
+
+class _Seen:
+    """The PIN hashes handed out so far in a batch, as a Bloom filter: 16 bits a hash, four
+    probes, so a million hashes take 2 MB, and a hash never handed out is reported as seen
+    about once in 400 times (its PIN is then just not used: nothing is lost but a draw)."""
+
+    def __init__(self, capacity: int) -> None:
+        self._bits = max(1024, 16 * capacity)
+        self._table = bytearray((self._bits + 7) // 8)
+
+    def add(self, pin_hash: str) -> bool:
+        """Record ``pin_hash``; False if it may have been recorded before."""
+        table, bits = self._table, self._bits
+        # An HMAC-SHA256 in hex: four slices of 15 digits are four independent uniform numbers.
+        probes = [int(pin_hash[i : i + 15], 16) % bits for i in (0, 15, 30, 45)]
+        if all(table[p >> 3] & (1 << (p & 7)) for p in probes):
+            return False
+        for p in probes:
+            table[p >> 3] |= 1 << (p & 7)
+        return True
+
+
+class _Draws:
+    """Draws PINs and hashes them in a background thread, one chunk ahead of the writes.
+
+    Generating and hashing a million PINs is seconds of Python; done here it overlaps with the
+    database writing the previous chunk. Two ways to make sure a PIN is new:
+
+    - with ``taken`` (PostgreSQL): the thread itself asks the database, on a connection of its
+      own, which hashes cards already have, and keeps the hashes it handed out for this batch
+      (not committed yet, so not visible to that connection) in a :class:`_Seen`. Every draw
+      is then exactly its chunk's size of new PINs, and that check is off the path of the
+      writes. The batch's advisory lock keeps other batches from adding cards meanwhile, and
+      the unique index on ``pin_hash`` still refuses any duplicate.
+    - without (SQLite, whose second connection would wait for the batch's write lock): the
+      caller checks each draw with :func:`_fresh_pins` on the batch's own connection.
+
+    At most two draws wait at a time.
+    """
+
+    def __init__(
+        self,
+        fmt: PinFormat,
+        pin_key: bytes,
+        sizes: Sequence[int],
+        taken: Callable[[Any, list[str]], set[str]] | None = None,
+        connect: Callable[[], AbstractContextManager[Any]] | None = None,
+    ) -> None:
+        self._queue: queue.Queue[_Draw | BaseException] = queue.Queue(maxsize=2)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, args=(fmt, make_pin_hasher(pin_key), sizes, taken, connect),
+            name="pin-draws", daemon=True,
+        )  # fmt: skip
+        self._thread.start()
+
+    def _run(
+        self,
+        fmt: PinFormat,
+        hasher: Callable[[str], str],
+        sizes: Sequence[int],
+        taken: Callable[[Any, list[str]], set[str]] | None,
+        connect: Callable[[], AbstractContextManager[Any]] | None,
+    ) -> None:
+        try:
+            with connect() if connect is not None else nullcontext() as conn:
+                seen = _Seen(sum(sizes))
+                for n in sizes:
+                    if taken is None:
+                        item: _Draw = _draw(fmt, n, hasher, ())
+                    else:
+                        item = self._checked_draw(fmt, n, hasher, lambda h: taken(conn, h), seen)
+                    if not self._put(item):
+                        return
+        except BaseException as exc:  # handed to the caller, which raises it
+            self._put(exc)
+
+    @staticmethod
+    def _checked_draw(
+        fmt: PinFormat,
+        n: int,
+        hasher: Callable[[str], str],
+        taken: Callable[[list[str]], set[str]],
+        seen: _Seen,
+    ) -> _Draw:
+        chosen: dict[str, str] = {}
+        while len(chosen) < n:
+            candidates = _draw(fmt, n - len(chosen), hasher, chosen)
+            used = taken([h for h, _pin in candidates])
+            for h, pin in candidates:
+                if h not in used and seen.add(h):
+                    chosen[h] = pin
+        return list(chosen.items())
+
+    def _put(self, item: _Draw | BaseException) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def next(self) -> _Draw:
+        item = self._queue.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _chunk_sizes(count: int, size: int) -> list[int]:
+    return [min(size, count - start) for start in range(0, count, size)]
+
+
+_Export = Callable[[int, Sequence[tuple[str, str]]], None]
+"""Hands (hash, PIN) pairs to the export, their serials from the given first one."""
+
+
+class _CardWriter(Protocol):
+    def write(self, first_serial: int, pins: _Draw, export: _Export) -> None:
+        """Insert one card per (hash, PIN), serials from ``first_serial``, and their
+        ``creation`` ledger entries; pass every pair to ``export`` once."""
+
+
+def _insert_ledger(s: Session, batch_id: int, now: datetime, first_serial: int, n: int) -> None:
+    """The ``creation`` ledger entries of the batch's cards ``first_serial`` and the ``n - 1``
+    after it, selected from those cards by the database."""
+    s.execute(
+        insert(cast(Table, LedgerEntry.__table__)).from_select(
+            ["card_id", "kind", "amount", "balance_after", "note", "created_at"],
+            select(
+                Card.id,
+                literal(LedgerKind.CREATION, String()),
+                Card.balance,
+                Card.balance,
+                literal("", String()),
+                literal(now, DateTime()),
+            )
+            .where(Card.batch_id == batch_id)
+            .where(Card.serial.between(first_serial, first_serial + n - 1)),
+        )
+    )
+
+
+class _InsertCardWriter:
+    """Core ``executemany`` of the cards, then ``INSERT ... SELECT`` of their ledger entries
+    (SQLite: as fast as it gets there, and what any other database falls back to)."""
+
+    def __init__(self, s: Session, common: dict[str, Any], now: datetime) -> None:
+        self.s = s
+        self.common = common
+        self.now = now
+        self.batch_id = common["batch_id"]
+
+    def taken(self, hashes: list[str]) -> set[str]:
+        """Those of ``hashes`` that some card (of any batch, this one included) already has."""
+        found: set[str] = set()
+        for part in _chunks(hashes, _IN_CHUNK):
+            found.update(self.s.scalars(select(Card.pin_hash).where(Card.pin_hash.in_(part))))
+        return found
+
+    def write(self, first_serial: int, pins: _Draw, export: _Export) -> None:
+        common = self.common
+        rows = [
+            {**common, "serial": first_serial + i, "pin_hash": h}
+            for i, (h, _pin) in enumerate(pins)
+        ]
+        self.s.execute(insert(cast(Table, Card.__table__)), rows)
+        del rows
+        _insert_ledger(self.s, self.batch_id, self.now, first_serial, len(pins))
+        export(first_serial, pins)
+
+
+def _csv_value(value: object) -> str:
+    """A value as PostgreSQL's COPY ... (FORMAT csv) reads it: None is NULL (unquoted empty),
+    text is quoted (so "" is the empty string)."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "t" if value else "f"
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    if isinstance(value, (int, datetime)):
+        return str(value)  # datetime: 'YYYY-MM-DD HH:MM:SS[.ffffff]', naive UTC as stored
+    text = str(value)
+    return '"' + text.replace('"', '""') + '"'
+
+
+_TAKEN_PG = (
+    "SELECT h.pin_hash FROM unnest(%s::text[]) AS h(pin_hash) CROSS JOIN LATERAL "
+    "(SELECT 1 FROM cards c WHERE c.pin_hash = h.pin_hash LIMIT 1) AS found"
+)
+
+
+def _taken_pg(cur: Any, hashes: list[str]) -> set[str]:
+    """Those of ``hashes`` that a card has, on PostgreSQL (``cur``: a psycopg2 cursor).
+
+    One array literal, not thousands of parameters (hashes are hex digits: nothing to escape),
+    and one probe of the unique index per hash: ``pin_hash = ANY(array)`` is planned as a scan
+    of every card once the table is large.
+    """
+    cur.execute(_TAKEN_PG, ("{" + ",".join(hashes) + "}",))
+    return {row[0] for row in cur}
+
+
+def _taken_on(conn: Any, hashes: list[str]) -> set[str]:
+    """:func:`_taken_pg` on a SQLAlchemy connection of its own."""
+    cursor = conn.connection.dbapi_connection.cursor()
+    try:
+        return _taken_pg(cursor, hashes)
+    finally:
+        cursor.close()
+
+
+class _Stream:
+    """A file for ``cursor.copy_expert`` whose text is made while COPY reads it, so PostgreSQL
+    inserts one block of rows while the next is being formatted.
+
+    psycopg2 turns an exception raised by ``read`` into a cancelled COPY; :meth:`copy` raises
+    the original exception instead (a full disk under the export stays an OSError)."""
+
+    def __init__(self, blocks: Iterator[str]) -> None:
+        self._blocks = blocks
+        self._error: BaseException | None = None
+
+    def read(self, size: int = -1) -> str:
+        try:
+            return next(self._blocks, "")
+        except BaseException as exc:
+            self._error = exc
+            raise
+
+    def copy(self, cur: Any, sql: str) -> None:
+        try:
+            cur.copy_expert(sql, self)
+        except Exception:
+            if self._error is not None:
+                raise self._error from None
+            raise
+
+
+_STREAM_ROWS = 2_000  # rows per block of COPY text
+
+
+class _CopyCardWriter:
+    """PostgreSQL: each chunk of cards loaded with one ``COPY cards ... FROM STDIN`` on the
+    session's own connection (so in the batch's transaction), its rows streamed as they are
+    formatted (PostgreSQL inserts a block while the next is made) and the export written as
+    they stream; then the chunk's ledger entries with one ``INSERT ... SELECT``.
+
+    The card ids are given (see :meth:`_ids`): with every column given, COPY evaluates no
+    volatile default and inserts rows in batches instead of one by one.
+    """
+
+    _CARD_TAIL = (
+        "batch_id", "card_type", "state", "locked", "lock_reason", "balance", "currency",
+        "rate_group_id", "max_calls", "activation_mode", "validity_days", "grace_days",
+        "expires_at", "activated_at", "first_used_at", "failed_pin_count", "created_at",
+    )  # fmt: skip
+
+    def __init__(self, s: Session, common: dict[str, Any], now: datetime) -> None:
+        self.s = s
+        self.now = now
+        self.batch_id = common["batch_id"]
+        # psycopg2's connection, in the transaction SQLAlchemy began on it
+        self.raw: Any = s.connection().connection.dbapi_connection
+        self.card_tail = ",".join(_csv_value(common[c]) for c in self._CARD_TAIL)
+        self.copy_cards = (
+            "COPY cards (id, serial, pin_hash, " + ", ".join(self._CARD_TAIL) + ") "
+            "FROM STDIN WITH (FORMAT csv)"
+        )
+
+    def _ids(self, cur: Any, n: int) -> range:
+        """``n`` new card ids, as one block of the cards' sequence moved past in one statement.
+
+        Only batch creation inserts cards, and batches are serialized by the advisory lock, so
+        nothing else draws from that sequence meanwhile; a card inserted some other way at that
+        very moment would collide with the block on the primary key and fail the batch (no
+        card is ever written twice)."""
+        cur.execute(
+            "WITH seq AS (SELECT pg_get_serial_sequence('cards', 'id') AS name), "
+            "block AS (SELECT name, nextval(name) AS first FROM seq) "
+            "SELECT first, setval(name, first + %s - 1) FROM block",
+            (n,),
+        )
+        first, last = cur.fetchone()
+        return range(first, last + 1)
+
+    def write(self, first_serial: int, pins: _Draw, export: _Export) -> None:
+        tail = self.card_tail
+
+        def card_blocks() -> Iterator[str]:
+            for start in range(0, len(pins), _STREAM_ROWS):
+                part = pins[start : start + _STREAM_ROWS]
+                serial = first_serial + start
+                yield "".join(
+                    f"{card_id},{serial + i},{h},{tail}\n"
+                    for i, (card_id, (h, _pin)) in enumerate(
+                        zip(ids[start : start + len(part)], part, strict=True)
+                    )
+                )
+                export(serial, part)
+
+        with self.raw.cursor() as cur:
+            ids = self._ids(cur, len(pins))
+            _Stream(card_blocks()).copy(cur, self.copy_cards)
+        # The ledger entries from the cards just written, in the database: faster than a COPY
+        # of them (whose own ids would be drawn one nextval at a time), and nothing to send.
+        _insert_ledger(self.s, self.batch_id, self.now, first_serial, len(pins))
+
+
 # ---------------------------------------------------------------------------------- service
 class Admin:
     """The operator's operations on one database."""
@@ -717,11 +1076,12 @@ class Admin:
         note: str = "",
         export: ExportSink | None = None,
         progress: Callable[[int], None] | None = None,
-        chunk_size: int = CHUNK_SIZE,
+        chunk_size: int | None = None,
     ) -> BatchInfo:
         """Issue ``count`` cards in one transaction; PINs go only to ``export``.
 
-        ``progress`` is called with the number of cards written after each chunk.
+        ``progress`` is called with the number of cards written after each chunk (by default
+        :data:`COPY_CHUNK_SIZE` cards on PostgreSQL, :data:`CHUNK_SIZE` on SQLite).
         """
         with self.db.transaction() as s:
             return self._create_batch(
@@ -767,7 +1127,7 @@ class Admin:
         note: str,
         export: ExportSink | None,
         progress: Callable[[int], None] | None,
-        chunk_size: int,
+        chunk_size: int | None,
     ) -> BatchInfo:
         try:
             kind = CardType(card_type)
@@ -808,7 +1168,8 @@ class Admin:
         except ValueError as exc:
             raise AdminError(str(exc)) from None
 
-        if s.get_bind().dialect.name == "postgresql":
+        postgres = s.get_bind().dialect.name == "postgresql"
+        if postgres:
             s.execute(select(func.pg_advisory_xact_lock(_BATCH_LOCK_KEY)))
         group = self._group(s, rate_group)
         existing = s.scalar(
@@ -848,8 +1209,6 @@ class Admin:
 
         hasher = make_pin_hasher(pin_key)
         expires_at = end_of_day(expires_on) if expires_on else None
-        card_table = cast(Table, Card.__table__)
-        ledger_table = cast(Table, LedgerEntry.__table__)
         common = {
             "batch_id": batch.id,
             "card_type": kind.value,
@@ -869,64 +1228,50 @@ class Admin:
             "failed_pin_count": 0,
             "created_at": now,
         }
-        written = 0
-        serial = first
-        while written < count:
-            n = min(chunk_size, count - written)
-            pins = self._fresh_pins(s, fmt, n, hasher)
-            rows = [
-                {**common, "serial": serial + i, "pin_hash": h} for i, (h, _pin) in enumerate(pins)
-            ]
-            s.execute(insert(card_table), rows)
-            lo, hi = serial, serial + n - 1
-            s.execute(
-                insert(ledger_table).from_select(
-                    ["card_id", "kind", "amount", "balance_after", "note", "created_at"],
-                    select(
-                        Card.id,
-                        literal(LedgerKind.CREATION, String()),
-                        Card.balance,
-                        Card.balance,
-                        literal("", String()),
-                        literal(now, DateTime()),
-                    )
-                    .where(Card.batch_id == batch.id)
-                    .where(Card.serial.between(lo, hi)),
-                )
-            )
+        if postgres:
+            writer: _CardWriter = _CopyCardWriter(s, common, now)
+            size = chunk_size or COPY_CHUNK_SIZE
+        else:
+            writer = _InsertCardWriter(s, common, now)
+            size = chunk_size or CHUNK_SIZE
+        if size < 1:
+            raise ValueError("chunk_size must be at least 1")
+
+        def to_export(first_serial: int, pins: Sequence[tuple[str, str]]) -> None:
             if export is not None:
-                issued = [(str(serial + i), pin) for i, (_h, pin) in enumerate(pins)]
-                export.write_cards(info, issued)
-                del issued
-            del rows, pins
-            written += n
-            serial += n
-            if progress is not None:
-                progress(written)
+                export.write_cards(
+                    info, [(str(first_serial + i), pin) for i, (_h, pin) in enumerate(pins)]
+                )
+
+        sizes = _chunk_sizes(count, size)
+        if postgres:
+            engine = self.db.engine
+
+            def connect() -> Any:
+                return engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+
+            draws = _Draws(fmt, pin_key, sizes, _taken_on, connect)
+        else:
+            draws = _Draws(fmt, pin_key, sizes)
+        try:
+            written = 0
+            for n in sizes:
+                pins = draws.next()
+                if isinstance(writer, _InsertCardWriter):  # drawn unchecked: check here
+                    pins = _fresh_pins(writer.taken, fmt, n, hasher, pins)
+                # Serials follow the hashes' order: the unique index on pin_hash is then
+                # filled leaf by leaf instead of at random (the PINs are random anyway).
+                pins.sort()
+                writer.write(first + written, pins, to_export)
+                del pins
+                written += n
+                if progress is not None:
+                    progress(written)
+        finally:
+            draws.close()
         if export is not None:
             export.finish()
         return info
-
-    @staticmethod
-    def _fresh_pins(
-        s: Session, fmt: PinFormat, n: int, hasher: Callable[[str], str]
-    ) -> list[tuple[str, str]]:
-        """``n`` new (hash, PIN) pairs whose hashes are in no card of the database yet."""
-        chosen: dict[str, str] = {}
-        while len(chosen) < n:
-            candidates = {}
-            for pin in generate_pins(fmt, n - len(chosen)):
-                h = hasher(pin)
-                if h not in chosen:
-                    candidates[h] = pin
-            hashes = list(candidates)
-            taken: set[str] = set()
-            for part in _chunks(hashes, _IN_CHUNK):
-                taken.update(s.scalars(select(Card.pin_hash).where(Card.pin_hash.in_(part))))
-            for h, pin in candidates.items():
-                if h not in taken:
-                    chosen[h] = pin
-        return list(chosen.items())
 
     # ----------------------------------------------------------------- cards
     @staticmethod
