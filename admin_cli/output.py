@@ -16,6 +16,7 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
+from rich.cells import cell_len
 from rich.console import Console
 from rich.table import Table
 
@@ -90,12 +91,59 @@ def emit_records(
     if not records:
         stderr_console().print(empty)
         return
-    table = Table(title=title)
-    for c in columns:
-        table.add_column(c.replace("_", " "))
-    for r in records:
-        table.add_row(*(text(r.get(c), places) for c in columns))
-    stdout_console().print(table)
+    print_table(
+        stdout_console(),
+        title,
+        [c.replace("_", " ") for c in columns],
+        [[text(r.get(c), places) for c in columns] for r in records],
+    )
+
+
+def _plain_cell(cell: str) -> bool:
+    """Printed by rich exactly as written: no markup, no control character."""
+    return "[" not in cell and cell.isprintable()
+
+
+def print_table(
+    console: Console, title: str | None, headers: Sequence[str], rows: Sequence[Sequence[str]]
+) -> None:
+    """Print a table as rich does, in a fraction of its time when it has many rows.
+
+    rich lays out every cell (about a millisecond per row of eight cells, so seconds for a
+    bill of a few thousand calls). When the table fits the console and its cells are plain
+    text, rich only draws the frame (title, header, borders, with their styles on a terminal)
+    for the measured column widths, and the rows are written in between as rich would write
+    them. Anything else is left to rich.
+    """
+    widths = [cell_len(h) for h in headers]
+    plain = all(_plain_cell(h) for h in headers)
+    for row in rows:
+        for i, cell in enumerate(row):
+            plain = plain and _plain_cell(cell)
+            widths[i] = max(widths[i], cell_len(cell))
+    total = sum(widths) + 3 * len(widths) + 1
+    if not plain or total > console.width or (title is not None and cell_len(title) > total):
+        table = Table(title=title)
+        for h in headers:
+            table.add_column(h)
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
+        return
+    frame = Table(title=title)
+    for h, w in zip(headers, widths, strict=True):
+        frame.add_column(h, min_width=w, max_width=w)
+    with console.capture() as captured:
+        console.print(frame)
+    lines = captured.get().splitlines(keepends=True)  # ..., header rule, bottom edge
+    body = [
+        "│ "
+        + " │ ".join(c + " " * (w - cell_len(c)) for c, w in zip(row, widths, strict=True))
+        + " │\n"
+        for row in rows
+    ]
+    console.file.write("".join([*lines[:-1], *body, lines[-1]]))
+    console.file.flush()
 
 
 def emit_object(
