@@ -372,19 +372,19 @@ class Reports:
             choices = ", ".join(m.value for m in RevenueBy)
             raise AdminError(f"cannot group revenue by {by!r}: use one of {choices}") from None
 
-        def key_of(time_column: Any) -> Any:
-            if mode == RevenueBy.TYPE:
-                return Card.card_type
-            if mode == RevenueBy.DENOMINATION:
-                return Batch.face_value
-            if mode == RevenueBy.BATCH:
-                return Card.batch_id
-            return self._day(time_column)
+        # Grouped in the database by day, or by the card's batch and type (whatever the mode:
+        # the type, face value or batch of a group is then picked here from a few rows). A
+        # face value is the batch's, so by denomination joins no third table to a million
+        # calls.
+        def keys(time_column: Any) -> list[Any]:
+            if mode == RevenueBy.DAY:
+                return [self._day(time_column).label("day")]
+            return [Card.batch_id, Card.card_type]
 
-        cdr_key = key_of(Cdr.stopped_at).label("k")
+        call_keys = keys(Cdr.stopped_at)
         calls = (
             select(
-                cdr_key,
+                *call_keys,
                 Card.currency,
                 func.count(Cdr.id),
                 func.coalesce(func.sum(Cdr.billed_seconds), 0),
@@ -393,52 +393,60 @@ class Reports:
             .select_from(Cdr)
             .join(Card, Card.id == Cdr.card_id)
             .where(Cdr.leg == "billed", *day_range(Cdr.stopped_at, from_date, to_date))
-            .group_by(cdr_key, Card.currency)
+            .group_by(*call_keys, Card.currency)
         )
-        ledger_key = key_of(LedgerEntry.created_at).label("k")
+        ledger_keys = keys(LedgerEntry.created_at)
         recharge = case((LedgerEntry.kind == "recharge", LedgerEntry.amount), else_=literal(0))
         expiry = case((LedgerEntry.kind == "expiry", LedgerEntry.amount), else_=literal(0))
         ledger = (
-            select(ledger_key, Card.currency, func.sum(recharge), func.sum(expiry))
+            select(*ledger_keys, Card.currency, func.sum(recharge), func.sum(expiry))
             .select_from(LedgerEntry)
             .join(Card, Card.id == LedgerEntry.card_id)
             .where(
                 LedgerEntry.kind.in_(("recharge", "expiry")),
                 *day_range(LedgerEntry.created_at, from_date, to_date),
             )
-            .group_by(ledger_key, Card.currency)
+            .group_by(*ledger_keys, Card.currency)
         )
-        if mode == RevenueBy.DENOMINATION:
-            calls = calls.join(Batch, Batch.id == Card.batch_id)
-            ledger = ledger.join(Batch, Batch.id == Card.batch_id)
+        faces: dict[int, Decimal] = {}
 
-        def norm(key: Any) -> Any:
+        def key_of(row: Sequence[Any]) -> Any:
             if mode == RevenueBy.DAY:
-                return _as_date(key)
+                return _as_date(row[0])
             if mode == RevenueBy.DENOMINATION:
-                return self._money(key)
+                return faces[int(row[0])]
             if mode == RevenueBy.BATCH:
-                return int(key)
-            return str(key)
+                return int(row[0])
+            return str(row[1])
+
+        def exact(value: Any) -> Decimal:
+            return ZERO if value is None else Decimal(str(value))
 
         groups: dict[tuple[Any, str], dict[str, Any]] = {}
 
-        def group(key: Any, currency: str) -> dict[str, Any]:
+        def group(row: Sequence[Any], currency: str) -> dict[str, Any]:
             return groups.setdefault(
-                (norm(key), currency),
+                (key_of(row), currency),
                 {"calls": 0, "seconds": 0, "revenue": ZERO, "recharges": ZERO, "breakage": ZERO},
             )
 
+        width = len(call_keys)
         with self.db.transaction() as s:
-            for key, currency, n, seconds, revenue in s.execute(calls):
-                g = group(key, currency)
+            if mode == RevenueBy.DENOMINATION:
+                faces = {
+                    int(i): self._money(v) for i, v in s.execute(select(Batch.id, Batch.face_value))
+                }
+            for row in s.execute(calls):
+                currency, n, seconds, revenue = row[width:]
+                g = group(row, currency)
                 g["calls"] += int(n)
                 g["seconds"] += int(seconds)
-                g["revenue"] += self._money(revenue)
-            for key, currency, recharged, forfeited in s.execute(ledger):
-                g = group(key, currency)
-                g["recharges"] += self._money(recharged)
-                g["breakage"] -= self._money(forfeited)
+                g["revenue"] += exact(revenue)
+            for row in s.execute(ledger):
+                currency, recharged, forfeited = row[width:]
+                g = group(row, currency)
+                g["recharges"] += exact(recharged)
+                g["breakage"] -= exact(forfeited)
         return [
             RevenueRow(
                 key=key,

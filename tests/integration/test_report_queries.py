@@ -11,11 +11,20 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from cli_support import BACKENDS, Backend, Ctl, backend_for, ctl_maker, make_batch
+from cli_support import (
+    BACKENDS,
+    Backend,
+    Ctl,
+    backend_for,
+    ctl_maker,
+    make_batch,
+    make_group,
+)
 from sqlalchemy import insert, select
 
-from billing.storage.models import Card, Cdr
-from billing.storage.reports import Reports
+from billing.money import round_money
+from billing.storage.models import Batch, Card, Cdr, LedgerEntry
+from billing.storage.reports import Reports, RevenueBy
 
 START = datetime.fromisoformat("2026-10-01T00:00:00")
 
@@ -36,12 +45,31 @@ def make_ctl(
 
 @pytest.fixture(scope="module")
 def loaded(make_ctl: Callable[[], Ctl], tmp_path_factory: pytest.TempPathFactory) -> Ctl:
-    """30 cards and 600 CDRs over 30 days: few calling numbers, so cards share them."""
+    """30 cards in four batches (two alike, one in EUR), 600 CDRs over 30 days from few
+    calling numbers (so cards share them), and recharge and expiry ledger entries."""
     ctl = make_ctl()
-    make_batch(ctl, tmp_path_factory.mktemp("batch"), count=30)
+    tmp = tmp_path_factory.mktemp("batch")
+    make_batch(ctl, tmp, count=15)
+    make_batch(ctl, tmp, count=5)
+    make_batch(ctl, tmp, count=5, card_type="rechargeable", value="10")
+    make_batch(ctl, tmp, count=5, group=make_group(ctl, tmp, currency="EUR"))
     rng = random.Random(5)
     with ctl.db.transaction() as s:
-        cards = list(s.scalars(select(Card.id)))
+        cards = list(s.scalars(select(Card.id).order_by(Card.id)))
+        s.execute(
+            insert(LedgerEntry),
+            [
+                {
+                    "card_id": rng.choice(cards),
+                    "kind": rng.choice(["recharge", "expiry", "call", "adjustment"]),
+                    "amount": Decimal(rng.randrange(-500, 500)) / 100,
+                    "balance_after": Decimal("1"),
+                    "note": "",
+                    "created_at": START + timedelta(minutes=rng.randrange(30 * 24 * 60)),
+                }
+                for _ in range(200)
+            ],
+        )
         rows = []
         for i in range(600):
             stopped = START + timedelta(minutes=rng.randrange(30 * 24 * 60))
@@ -62,7 +90,7 @@ def loaded(make_ctl: Callable[[], Ctl], tmp_path_factory: pytest.TempPathFactory
                     "duration_seconds": seconds,
                     "billed_seconds": seconds,
                     "granted_seconds": 600,
-                    "cost": Decimal("0.10"),
+                    "cost": Decimal(rng.randrange(0, 10_000)) / 10_000,
                     "balance_after": Decimal("1"),
                     "over_grant": False,
                     "close_reason": "stop",
@@ -125,3 +153,65 @@ def test_cards_used_from_many_numbers(
 def test_reference_data_has_ties(loaded: Ctl) -> None:
     counts = [r[1] for r in reference(loaded, None, 0, 1000)]
     assert len(counts) != len(set(counts))
+
+
+def revenue_reference(
+    ctl: Ctl, by: RevenueBy, since: date | None, until: date | None
+) -> list[tuple[Any, ...]]:
+    """Revenue computed in Python from every CDR and ledger entry."""
+    lo = datetime.combine(since, time.min) if since else datetime.fromisoformat("0001-01-01")
+    hi = datetime.combine(until + timedelta(days=1), time.min) if until else datetime.fromisoformat("9999-12-31")
+    with ctl.db.transaction() as s:
+        card = {
+            c.id: (c.batch_id, c.card_type, c.currency) for c in s.scalars(select(Card))
+        }
+        face = {b.id: round_money(b.face_value, 4) for b in s.scalars(select(Batch))}
+        cdrs = s.execute(
+            select(Cdr.card_id, Cdr.leg, Cdr.stopped_at, Cdr.billed_seconds, Cdr.cost)
+        ).all()
+        entries = s.execute(
+            select(LedgerEntry.card_id, LedgerEntry.kind, LedgerEntry.created_at,
+                   LedgerEntry.amount)
+        ).all()
+
+    def key(card_id: int, at: datetime) -> Any:
+        batch, kind, _ = card[card_id]
+        return {
+            RevenueBy.TYPE: kind,
+            RevenueBy.DENOMINATION: face[batch],
+            RevenueBy.BATCH: batch,
+            RevenueBy.DAY: at.date(),
+        }[by]
+
+    sums: dict[tuple[Any, str], list[Any]] = defaultdict(
+        lambda: [0, 0, Decimal(0), Decimal(0), Decimal(0)]
+    )
+    for card_id, leg, stopped, seconds, cost in cdrs:
+        if leg == "billed" and lo <= stopped < hi:
+            g = sums[(key(card_id, stopped), card[card_id][2])]
+            g[0] += 1
+            g[1] += seconds
+            g[2] += Decimal(str(cost))
+    for card_id, kind, created, amount in entries:
+        if kind in ("recharge", "expiry") and lo <= created < hi:
+            g = sums[(key(card_id, created), card[card_id][2])]
+            g[3 if kind == "recharge" else 4] += Decimal(str(amount)) * (1 if kind == "recharge" else -1)
+    return [
+        (k, cur, g[0], g[1], round_money(g[2], 4), round_money(g[3], 4), round_money(g[4], 4))
+        for (k, cur), g in sorted(sums.items())
+    ]
+
+
+@pytest.mark.parametrize("by", list(RevenueBy))
+@pytest.mark.parametrize(
+    ("since", "until"), [(None, None), (date(2026, 10, 5), date(2026, 10, 19))]
+)
+def test_revenue(loaded: Ctl, by: RevenueBy, since: date | None, until: date | None) -> None:
+    rows = Reports(loaded.db).revenue(by, since, until)
+    got = [
+        (r.key, r.currency, r.calls, r.billed_seconds, r.call_revenue, r.recharges, r.breakage)
+        for r in rows
+    ]
+    assert got == revenue_reference(loaded, by, since, until)
+    if by != RevenueBy.DAY:
+        assert {r.currency for r in rows} == {"USD", "EUR"}
