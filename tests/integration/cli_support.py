@@ -166,6 +166,10 @@ class Ctl:
         assert "Traceback" not in result.output
         return err
 
+    @property
+    def pin_key(self) -> bytes:
+        return bytes.fromhex((self.state_dir / "pin.key").read_text().strip())
+
     def scalar(self, sql: str, **params: object) -> Any:
         with self.db.engine.connect() as conn:
             return conn.execute(text(sql), params).scalar()
@@ -184,10 +188,9 @@ class Ctl:
     @property
     def store(self) -> Store:
         if self._store is None:
-            key = bytes.fromhex((self.state_dir / "pin.key").read_text().strip())
             self._store = Store(
                 self.db,
-                pin_key=key,
+                pin_key=self.pin_key,
                 limits=Limits(),
                 security=SecurityPolicy(card_failure_limit=5),
                 sessions=SessionPolicy(),

@@ -9,7 +9,6 @@ PostgreSQL unreachable: skipped, unless PREPAID_TEST_REQUIRE_SERVICES=1 (then fa
 from __future__ import annotations
 
 import csv
-import json
 import os
 import stat
 import subprocess
@@ -19,22 +18,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
+from cli_support import BACKENDS, HEADER, Backend, Ctl, backend_for
 from sqlalchemy.engine import make_url
-from typer.testing import CliRunner, Result
 
-from admin_cli.main import app
 from billing.pins import luhn_valid, pin_hash
 
-PG_URL = os.environ.get(
-    "PREPAID_TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
-)
-REQUIRE_SERVICES = os.environ.get("PREPAID_TEST_REQUIRE_SERVICES") == "1"
-
-HEADER = (
-    "prefix,description,price_per_minute,connection_fee,first_increment,next_increment,"
-    "grace_seconds"
-)
 RATES = HEADER + """
 44,United Kingdom,0.07,0.05,30,6,0
 4420,London,0.05,0.05,30,6,0
@@ -44,107 +32,11 @@ RATES = HEADER + """
 
 
 # ---------------------------------------------------------------------------------- fixtures
-class Backend:
-    """Makes fresh, empty databases of one kind and drops them at the end."""
-
-    def __init__(self, kind: str, root: Path) -> None:
-        self.kind = kind
-        self.root = root
-        self._pg_admin = None
-        self._pg_names: list[str] = []
-        if kind == "postgresql":
-            admin_url = make_url(PG_URL).set(database="postgres")
-            engine = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-            try:
-                with engine.connect() as conn:
-                    conn.execute(text("SELECT 1"))
-            except Exception as exc:  # noqa: BLE001 - any failure means "not reachable"
-                engine.dispose()
-                message = f"PostgreSQL is not reachable at {PG_URL}: {exc}"
-                if REQUIRE_SERVICES:
-                    pytest.fail(message + " (PREPAID_TEST_REQUIRE_SERVICES=1)")
-                pytest.skip(message)
-            self._pg_admin = engine
-
-    def new_database(self) -> str:
-        if self.kind == "sqlite":
-            path = self.root / f"db-{uuid.uuid4().hex[:8]}" / "prepaid.sqlite3"
-            return f"sqlite:///{path}"
-        assert self._pg_admin is not None
-        name = f"paaa_cli_{uuid.uuid4().hex[:12]}"
-        with self._pg_admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-        self._pg_names.append(name)
-        return make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
-
-    def close(self) -> None:
-        if self._pg_admin is None:
-            return
-        with self._pg_admin.connect() as conn:
-            for name in self._pg_names:
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        self._pg_admin.dispose()
-
-
-@pytest.fixture(
-    scope="module",
-    params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)],
-)
+@pytest.fixture(scope="module", params=BACKENDS)
 def cli_backend(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Backend]:
-    backend = Backend(request.param, tmp_path_factory.mktemp(f"cli-{request.param}"))
-    try:
-        yield backend
-    finally:
-        backend.close()
-
-
-class Ctl:
-    """Runs ``prepaidctl`` in-process against one database and state directory."""
-
-    def __init__(self, url: str, state_dir: Path) -> None:
-        self.url = url
-        self.state_dir = state_dir
-        self.env: dict[str, str | None] = {
-            "PREPAID_DATABASE_URL": url,
-            "PREPAID_SERVER_STATE_DIR": str(state_dir),
-            "PREPAID_AAA_CONFIG": None,
-            "PREPAID_SERVER_PIN_KEY_FILE": None,
-        }
-        self.runner = CliRunner()
-
-    def __call__(self, *args: str, code: int = 0) -> Result:
-        result = self.runner.invoke(app, list(args), env=self.env, catch_exceptions=True)
-        detail = f"prepaidctl {' '.join(args)}\nstdout: {result.stdout}\nstderr: {result.stderr}"
-        if result.exception is not None and not isinstance(result.exception, SystemExit):
-            raise AssertionError(f"unexpected exception: {result.exception!r}\n{detail}")
-        assert result.exit_code == code, detail
-        return result
-
-    def json(self, *args: str) -> object:
-        return json.loads(self(*args, "--format", "json").stdout)
-
-    def error(self, *args: str) -> str:
-        """Run a command that must fail with one ``error:`` line on stderr and exit 1."""
-        result = self(*args, code=1)
-        err = result.stderr.strip()
-        assert err.startswith("error: "), err
-        assert "\n" not in err, err
-        assert "Traceback" not in result.output
-        return err
-
-    @property
-    def pin_key(self) -> bytes:
-        return bytes.fromhex((self.state_dir / "pin.key").read_text().strip())
-
-    def scalar(self, sql: str, **params: object) -> object:
-        engine = create_engine(self.url)
-        try:
-            with engine.connect() as conn:
-                return conn.execute(text(sql), params).scalar()
-        finally:
-            engine.dispose()
+    yield from backend_for(request.param, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
