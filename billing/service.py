@@ -43,7 +43,9 @@ class SessionService:
 
     def authorize(self, req: AuthRequest, now: datetime) -> AuthResult:
         sources = self._sources(req)
-        if self.live.is_locked_out(*(key for key, _ in sources)):
+        ani_key = f"ani:{req.calling_number}" if req.calling_number else None
+        locked, ani_failures = self.live.throttle_state(tuple(key for key, _ in sources), ani_key)
+        if locked:
             return Rejected(RejectReason.RETRIES_EXCEEDED)
         result = self.store.authorize(req, now)
         if isinstance(result, Rejected) and result.reason in GUESS_REASONS:
@@ -59,8 +61,8 @@ class SessionService:
                     self.live.lock_out(key, self.throttle.lockout_seconds)
                     self.live.reset_failures(key)
                     self.store.record_security_event("lockout", req.nas_id, req.calling_number, now)
-        elif not isinstance(result, Rejected) and req.calling_number:
-            self.live.reset_failures(f"ani:{req.calling_number}")
+        elif not isinstance(result, Rejected) and ani_key is not None and ani_failures:
+            self.live.reset_failures(ani_key)
         return result
 
     def account(self, event: AcctEvent, now: datetime) -> AcctResult:

@@ -49,6 +49,12 @@ class LiveState(Protocol):
         """Whether any of ``keys`` is locked out (one round trip for all)."""
         ...
 
+    def throttle_state(self, keys: tuple[str, ...], failure_key: str | None) -> tuple[bool, bool]:
+        """One round trip before an authorization: whether any of ``keys`` is locked out, and
+        whether ``failure_key`` has failures counted (so a success need not reset it otherwise).
+        """
+        ...
+
     def ping(self) -> bool: ...
 
 
@@ -132,6 +138,14 @@ class InProcessLiveState:
                 return True
             return False
 
+    def throttle_state(self, keys: tuple[str, ...], failure_key: str | None) -> tuple[bool, bool]:
+        locked = self.is_locked_out(*keys)
+        if failure_key is None:
+            return locked, False
+        with self._lock:
+            entry = self._failures.get(failure_key)
+            return locked, entry is not None and entry[0] > self._clock()
+
     def ping(self) -> bool:
         return True
 
@@ -204,6 +218,15 @@ class RedisLiveState:
     def is_locked_out(self, *keys: str) -> bool:
         return bool(self._redis.exists(*(self._k("lockout", key) for key in keys)))
 
+    def throttle_state(self, keys: tuple[str, ...], failure_key: str | None) -> tuple[bool, bool]:
+        if failure_key is None:
+            return self.is_locked_out(*keys), False
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.exists(*(self._k("lockout", key) for key in keys))
+        pipe.exists(self._k("fail", failure_key))
+        locked, failures = pipe.execute()
+        return bool(locked), bool(failures)
+
     def ping(self) -> bool:
         return bool(self._redis.ping())
 
@@ -255,6 +278,9 @@ class FallbackLiveState:
 
     def is_locked_out(self, *keys: str) -> bool:
         return self._call("is_locked_out", *keys)  # type: ignore[return-value]
+
+    def throttle_state(self, keys: tuple[str, ...], failure_key: str | None) -> tuple[bool, bool]:
+        return self._call("throttle_state", keys, failure_key)  # type: ignore[return-value]
 
     def ping(self) -> bool:
         return self._primary.ping()

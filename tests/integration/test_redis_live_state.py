@@ -64,3 +64,14 @@ def test_lockout_of_any_key_in_one_call(state: RedisLiveState) -> None:
     state.lock_out("nas:9", 60)
     assert state.is_locked_out("ani:1", "nas:9")
     assert not state.is_locked_out("ani:1")
+
+
+def test_throttle_state_in_one_round_trip(state: RedisLiveState) -> None:
+    assert state.throttle_state(("ani:1", "nas:9"), "ani:1") == (False, False)
+    state.count_failure("ani:1", 300)
+    assert state.throttle_state(("ani:1", "nas:9"), "ani:1") == (False, True)
+    state.lock_out("nas:9", 60)
+    assert state.throttle_state(("ani:1", "nas:9"), "ani:1") == (True, True)
+    assert state.throttle_state(("nas:9",), None) == (True, False)
+    state.reset_failures("ani:1")
+    assert state.throttle_state(("ani:1",), "ani:1") == (False, False)

@@ -102,6 +102,18 @@ def test_lockout_expires(clock: Clock, state: InProcessLiveState) -> None:
     assert state.is_locked_out("ani:44") is False
 
 
+def test_throttle_state_reports_lockouts_and_counted_failures(
+    clock: Clock, state: InProcessLiveState
+) -> None:
+    assert state.throttle_state(("ani:44", "nas:1"), "ani:44") == (False, False)
+    state.count_failure("ani:44", 300)
+    assert state.throttle_state(("ani:44", "nas:1"), "ani:44") == (False, True)
+    state.lock_out("nas:1", 60)
+    assert state.throttle_state(("ani:44", "nas:1"), None) == (True, False)
+    clock.advance(300)  # the failure window and the lockout are both over
+    assert state.throttle_state(("ani:44", "nas:1"), "ani:44") == (False, False)
+
+
 def test_lockout_can_be_extended(clock: Clock, state: InProcessLiveState) -> None:
     state.lock_out("ani:44", 100)
     clock.advance(90)
