@@ -138,11 +138,12 @@ class Handler:
             fields["decision"] = "status"
         elif kind == AUTH and request.code == ACCESS_REQUEST:
             fields["packet"] = "access-request"
-            if request.chap:  # PAP only: a CHAP response cannot be checked against a PIN hash
+            call = translate.auth_request(request, nas.id, self.rules)
+            fields.update(ani=call.calling_number, called=call.called_number)
+            if request.chap or translate.oversized(call):
+                # PAP only: a CHAP response cannot be checked against a PIN hash.
                 result: Any = Rejected(RejectReason.MALFORMED)
             else:
-                call = translate.auth_request(request, nas.id, self.rules)
-                fields.update(ani=call.calling_number, called=call.called_number)
                 result = self.service.authorize(call, utc_from_epoch(arrival))
             reply = translate.auth_reply(result, profile, self.places, self.interim_interval)
             if isinstance(result, Accepted):

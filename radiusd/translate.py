@@ -23,6 +23,12 @@ from radiusd.profiles import Profile, cisco_value
 
 CLASS_PREFIX = b"paaa:"
 
+#: The widths of what calls and CDRs store: numbers (normalized) and the NAS's session
+#: identifiers. An Access-Request with anything wider is refused as malformed, the same on every
+#: database; accounting, which must never be refused, keeps the first characters.
+NUMBER_WIDTH = 32
+SESSION_ID_WIDTH = 128
+
 ACCT_STATUS = {
     "Start": AcctStatus.START,
     "Stop": AcctStatus.STOP,
@@ -61,6 +67,20 @@ def auth_request(request: Request, nas_id: int, rules: NumberRules) -> AuthReque
         acct_session_id=_text(request.first("Acct-Session-Id")) or None,
         conf_id=_h323(request, "h323-conf-id"),
     )
+
+
+def oversized(call: AuthRequest) -> bool:
+    """Whether an Access-Request carries a number or identifier wider than a call can store."""
+    return (
+        len(call.calling_number) > NUMBER_WIDTH
+        or len(call.called_number) > NUMBER_WIDTH
+        or len(call.acct_session_id or "") > SESSION_ID_WIDTH
+        or len(call.conf_id or "") > SESSION_ID_WIDTH
+    )
+
+
+def _clip(value: str | None, width: int) -> str | None:
+    return value[:width] if value else value
 
 
 def auth_reply(
@@ -115,11 +135,15 @@ def acct_event(
         status=status,
         event_at=event_at,
         token=class_token(request),
-        acct_session_id=_text(request.first("Acct-Session-Id")) or None,
-        conf_id=_h323(request, "h323-conf-id"),
+        acct_session_id=_clip(_text(request.first("Acct-Session-Id")), SESSION_ID_WIDTH) or None,
+        conf_id=_clip(_h323(request, "h323-conf-id"), SESSION_ID_WIDTH),
         user_name=_text(request.first("User-Name", "")).strip(),
-        calling_number=normalize_number(_text(request.first("Calling-Station-Id", "")), rules),
-        called_number=normalize_number(_text(request.first("Called-Station-Id", "")), rules),
+        calling_number=normalize_number(_text(request.first("Calling-Station-Id", "")), rules)[
+            :NUMBER_WIDTH
+        ],
+        called_number=normalize_number(_text(request.first("Called-Station-Id", "")), rules)[
+            :NUMBER_WIDTH
+        ],
         session_seconds=int(session_time) if session_time is not None else None,
         terminate_cause=_text(request.first("Acct-Terminate-Cause")) or None,
         leg=profile.leg_of(_h323(request, "h323-call-origin")),

@@ -42,12 +42,31 @@ def find_rate(session: Session, rate_group_id: int, number: str) -> RateRow | No
 
 
 _rates = RateRow.__table__
-#: The server's form of the lookup, built once so its compiled SQL is cached.
+_SLOTS = [f"prefix_{n}" for n in range(MAX_PREFIX_LENGTH)]
+
+
+def prefix_params(number: str) -> dict[str, str]:
+    """The bound values of :data:`RATE_BY_PREFIX`'s fixed list of candidate slots.
+
+    The list has :data:`MAX_PREFIX_LENGTH` slots whatever the number, so the statement is one
+    cached compiled SQL (an expanding ``IN`` is re-rendered at every execution). Slots beyond the
+    number's own prefixes repeat its shortest one; a number that is not digits fills them with
+    ``"-"``, which no stored prefix is.
+    """
+    if not number or not (number.isascii() and number.isdigit()):
+        return dict.fromkeys(_SLOTS, "-")
+    candidates = candidate_prefixes(number)
+    candidates += [candidates[-1]] * (MAX_PREFIX_LENGTH - len(candidates))
+    return dict(zip(_SLOTS, candidates, strict=True))
+
+
+#: The server's form of the lookup, built once so its compiled SQL is cached. Parameters:
+#: ``rate_group`` and :func:`prefix_params`.
 RATE_BY_PREFIX = (
     select(_rates)
     .where(
-        _rates.c.rate_group_id == bindparam("group"),
-        _rates.c.prefix.in_(bindparam("prefixes", expanding=True)),
+        _rates.c.rate_group_id == bindparam("rate_group"),
+        _rates.c.prefix.in_([bindparam(slot) for slot in _SLOTS]),
     )
     .order_by(func.length(_rates.c.prefix).desc())
     .limit(1)
@@ -58,9 +77,8 @@ def rate_for(conn: Connection | Session, rate_group_id: int, number: str) -> Rat
     """The same longest-prefix lookup on a Core connection, as a pure :class:`Rate`."""
     if not number or not (number.isascii() and number.isdigit()):
         return None
-    row = conn.execute(
-        RATE_BY_PREFIX, {"group": rate_group_id, "prefixes": candidate_prefixes(number)}
-    ).first()
+    params = {"rate_group": rate_group_id, **prefix_params(number)}
+    row = conn.execute(RATE_BY_PREFIX, params).first()
     return rate_from_row(row) if row is not None else None
 
 

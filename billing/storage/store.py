@@ -29,6 +29,7 @@ from sqlalchemy import (
     func,
     insert,
     select,
+    true,
     update,
 )
 from sqlalchemy.exc import DBAPIError, IntegrityError
@@ -69,7 +70,7 @@ from billing.storage.models import (
     NasClient,
     SecurityEvent,
 )
-from billing.storage.rates import rate_for
+from billing.storage.rates import RATE_BY_PREFIX, prefix_params, rate_for, rate_from_row
 
 OPEN_STATES = ("authorized", "started")
 
@@ -106,12 +107,25 @@ CARD_BY_ANI = (
     .with_for_update(of=_cards)
 )
 _live = cast(Table, LiveSession.__table__)
-OPEN_CALLS = select(
-    func.count(_live.c.id), func.coalesce(func.sum(_live.c.reserved_amount), 0)
-).where(
-    _live.c.card_id == bindparam("card_id"),
-    _live.c.state.in_(OPEN_STATES),
-    _live.c.deadline_at > bindparam("now"),
+_open_calls = (
+    select(
+        func.count(_live.c.id).label("open_count"),
+        func.coalesce(func.sum(_live.c.reserved_amount), 0).label("reserved"),
+    )
+    .where(
+        _live.c.card_id == bindparam("card_id"),
+        _live.c.state.in_(OPEN_STATES),
+        _live.c.deadline_at > bindparam("now"),
+    )
+    .subquery("open_calls")
+)
+_rate = RATE_BY_PREFIX.subquery("rate")
+#: The card's open calls and the rate for the destination, in one round trip. It runs as its own
+#: statement after the card's row lock is held, so (READ COMMITTED) it sees every grant committed
+#: by whoever held the lock before. Parameters: ``card_id``, ``now``, ``rate_group`` and
+#: :func:`~billing.storage.rates.prefix_params`.
+OPEN_CALLS_AND_RATE = select(_open_calls, _rate).select_from(
+    _open_calls.outerjoin(_rate, true())
 )
 INSERT_GRANT = insert(_live).values(state="authorized", session_key=None, session_seconds=0)
 SECURITY_EVENT = insert(cast(Table, SecurityEvent.__table__))
@@ -320,13 +334,20 @@ class Store:
             assert failure.failure is not None
             return Rejected(failure.failure, failure.serial)
         method = ident.method
-        open_count, reserved = conn.execute(OPEN_CALLS, {"card_id": row.id, "now": now}).one()
-        rate = rate_for(conn, row.rate_group_id, req.called_number)
+        state = conn.execute(
+            OPEN_CALLS_AND_RATE,
+            {
+                "card_id": row.id,
+                "now": now,
+                "rate_group": row.rate_group_id,
+                **prefix_params(req.called_number),
+            },
+        ).one()
         decision = decide(
             _card_snapshot(row),
-            rate,
-            live_calls=int(open_count),
-            reserved_by_others=Decimal(reserved),
+            rate_from_row(state) if state.prefix is not None else None,
+            live_calls=int(state.open_count),
+            reserved_by_others=Decimal(state.reserved),
             now=now,
             limits=self.limits,
         )

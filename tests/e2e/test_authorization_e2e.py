@@ -172,6 +172,44 @@ def test_concurrent_grants_never_spend_the_same_money(
     assert timeouts == [4242]
 
 
+def test_longest_prefix_rate_sets_the_session_timeout(
+    deployment: Deployment, server: ServerProcess, nas: Radius
+) -> None:
+    # 1.00 of credit, per-second billing: 100 s at 0.60/min, 50 s at 1.20/min, 10 s at 6.00/min.
+    deployment.add_rates(
+        "nested",
+        [
+            "4,Europe,0.60,0,1,1,0",
+            "44,United Kingdom,1.20,0,1,1,0",
+            "447,United Kingdom mobile,6.00,0,1,1,0",
+            "44712345678901234567890123456789,Longest possible,60.00,0,1,1,0",
+        ],
+    )
+    expected = {
+        "4470090012345": 10,
+        "441234567890": 50,
+        "4930123456": 100,
+        "44712345678901234567890123456789": 1,
+    }
+    for number, seconds in expected.items():
+        card = deployment.create_cards(1, "1.00", group="nested")[0]
+        reply = nas.send(
+            nas.access_request(card["pin"], Called_Station_Id=number), server.auth_port
+        )
+        assert reply is not None and reply.code == rp.AccessAccept, number
+        assert reply["Session-Timeout"][0] == seconds, number
+    card = deployment.create_cards(1, "1.00", group="nested")[0]
+    for number, message in (
+        ("15551234567", "Destination not allowed"),  # no rate
+        ("447123456789012345678901234567890", "Request not understood"),  # 33 digits
+    ):
+        reply = nas.send(
+            nas.access_request(card["pin"], Called_Station_Id=number), server.auth_port
+        )
+        assert reply is not None and reply.code == rp.AccessReject, number
+        assert reply_message(reply) == message
+
+
 def test_unknown_nas_gets_no_reply(server: ServerProcess) -> None:
     stranger = Radius(host="127.0.0.2")
     try:
