@@ -14,6 +14,7 @@ from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
+import pytest
 from sqlalchemy import event, func, select
 from store_support import EPOCH, add_card, nas_id, pin_of, store_fixture
 
@@ -32,12 +33,17 @@ serials = itertools.count(6_000_000_001)
 class Call:
     """One call on a fresh card: its grant, and its accounting packets as a NAS sends them."""
 
-    def __init__(self, store: Store, balance: str = "5.00", **card: Any) -> None:
+    def __init__(
+        self, store: Store, balance: str = "5.00", authorized: bool = True, **card: Any
+    ) -> None:
         self.store = store
         self.serial = next(serials)
         self.card_id = add_card(store, self.serial, Decimal(balance), **card)
         self.nas_id = nas_id(store)
         self.session_id = f"sess-{self.serial}"
+        self.token: str | None = None
+        if not authorized:  # a grant lost, or made by another server
+            return
         granted = store.authorize(
             AuthRequest(
                 nas_id=self.nas_id,
@@ -64,6 +70,7 @@ class Call:
                 event_at=when,
                 token=self.token if echo_class else None,
                 acct_session_id=self.session_id,
+                user_name=pin_of(self.serial),
                 calling_number="1555",
                 called_number="441234",
                 session_seconds=seconds,
@@ -79,8 +86,7 @@ class Call:
 
     def live(self) -> LiveSession:
         with self.store.db.transaction() as s:
-            found = s.scalars(select(LiveSession).where(LiveSession.token == self.token)).one()
-            return found
+            return s.scalars(select(LiveSession).where(LiveSession.card_id == self.card_id)).one()
 
     def cdrs(self) -> list[Cdr]:
         with self.store.db.transaction() as s:
@@ -154,9 +160,11 @@ def test_interim_and_start_after_stop_are_duplicates_that_change_nothing(store: 
     assert call.call_debits() == [-CALL_COST]
 
 
-def test_concurrent_stop_retransmissions_debit_once(store: Store) -> None:
-    call = Call(store)
-    call.send(AcctStatus.START, 0)
+@pytest.mark.parametrize("authorized", [True, False], ids=["granted", "never-authorized"])
+def test_concurrent_stop_retransmissions_debit_once(store: Store, authorized: bool) -> None:
+    call = Call(store, authorized=authorized)
+    if authorized:
+        call.send(AcctStatus.START, 0)
     copies = 8
     barrier = threading.Barrier(copies)
     results: list[AcctResult] = []
@@ -178,7 +186,9 @@ def test_concurrent_stop_retransmissions_debit_once(store: Store) -> None:
     assert errors == []
     assert sorted(r.outcome for r in results) == ["billed"] + ["duplicate"] * (copies - 1)
     assert call.card().balance == Decimal("5.00") - CALL_COST
-    assert len(call.cdrs()) == 1
+    (cdr,) = call.cdrs()
+    expected = ("pin", False) if authorized else ("none", True)  # rated at today's rate, no grant
+    assert (cdr.auth_method, cdr.over_grant) == expected
     assert call.call_debits() == [-CALL_COST]
 
 
