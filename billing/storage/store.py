@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -22,7 +22,6 @@ from typing import Any, cast
 
 from sqlalchemy import (
     Connection,
-    CursorResult,
     Table,
     bindparam,
     delete,
@@ -32,8 +31,7 @@ from sqlalchemy import (
     true,
     update,
 )
-from sqlalchemy.exc import DBAPIError, IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.exc import IntegrityError
 
 from billing.calls import (
     Accepted,
@@ -130,6 +128,44 @@ OPEN_CALLS_AND_RATE = select(_open_calls, _rate).select_from(
 INSERT_GRANT = insert(_live).values(state="authorized", session_key=None, session_seconds=0)
 SECURITY_EVENT = insert(cast(Table, SecurityEvent.__table__))
 
+# The accounting's statements. A call's card is locked before its live session, the order that
+# authorization and the reaper use too, so two transactions never wait for each other in a cycle;
+# the live session is read again under its own lock once the card is held, so the newest committed
+# version (a Stop that another process just billed, say) is the one decided on.
+_cdrs = cast(Table, Cdr.__table__)
+_ledger = cast(Table, LedgerEntry.__table__)
+_nas = cast(Table, NasClient.__table__)
+_binds = cast(Table, BindNumber.__table__)
+#: The card's columns that accounting reads and may change.
+_ACCT_CARD_KEYS = (
+    "id serial card_type state balance rate_group_id validity_days expires_at activated_at "
+    "first_used_at"
+).split()
+_ACCT_CARD_COLUMNS = [_cards.c[key] for key in _ACCT_CARD_KEYS]
+NAS_EPOCH = select(_nas.c.boot_epoch).where(_nas.c.id == bindparam("nas_id"))
+_CALL_CARD = (
+    select(*_ACCT_CARD_COLUMNS, _live.c.id.label("live_id"))
+    .join_from(_cards, _live, _live.c.card_id == _cards.c.id)
+    .with_for_update(of=_cards)
+)
+#: A call's card, locked, found by the token the NAS echoes in Class; with the NAS's boot epoch,
+#: so the packet's session key costs no round trip of its own.
+CARD_OF_TOKEN = _CALL_CARD.add_columns(NAS_EPOCH.scalar_subquery().label("boot_epoch")).where(
+    _live.c.token == bindparam("token")
+)
+CARD_OF_KEY = _CALL_CARD.where(_live.c.session_key == bindparam("key"))
+CARD_OF_CALL = _CALL_CARD.where(_live.c.id == bindparam("live_id"))
+CALL_FOR_UPDATE = select(_live).where(_live.c.id == bindparam("live_id")).with_for_update()
+CARD_BRIEF = select(_cards.c.id, _cards.c.serial, _cards.c.balance, _cards.c.rate_group_id)
+CDR_OF_SESSION = select(_cdrs.c.id).where(_cdrs.c.session_key == bindparam("key"))
+CDR_OF_CALL = select(_cdrs.c.id).where(_cdrs.c.call_key == bindparam("key"))
+INSERT_CDR = insert(_cdrs).returning(_cdrs.c.id)
+INSERT_LEDGER = insert(_ledger)
+#: One UPDATE by primary key per table; the columns set are those the parameters name.
+_UPDATE_BY_ID = {
+    table: update(table).where(table.c.id == bindparam("b_id")) for table in (_cards, _live)
+}
+
 
 @dataclass(frozen=True, slots=True)
 class SecurityPolicy:
@@ -179,15 +215,42 @@ def _card_snapshot(card: Any) -> CardSnapshot:
     )
 
 
-def _rate_of(session: LiveSession) -> Rate:
+def _rate_of(session: _Changing) -> Rate:
+    """The rate fixed at a call's authorization."""
     return Rate(
-        prefix=session.rate_prefix,
-        price_per_minute=session.price_per_minute,
-        connection_fee=session.connection_fee,
-        first_increment=session.first_increment,
-        next_increment=session.next_increment,
-        grace_seconds=session.grace_seconds,
+        prefix=session["rate_prefix"],
+        price_per_minute=session["price_per_minute"],
+        connection_fee=session["connection_fee"],
+        first_increment=session["first_increment"],
+        next_increment=session["next_increment"],
+        grace_seconds=session["grace_seconds"],
     )
+
+
+class _Changing:
+    """A row read under its lock: its values, changed in place, then written back at once."""
+
+    __slots__ = ("table", "values", "changed")
+
+    def __init__(self, table: Table, row: Any, keys: Iterable[str] | None = None) -> None:
+        mapping = row._mapping
+        self.table = table
+        self.values: dict[str, Any] = {k: mapping[k] for k in (keys or mapping.keys())}
+        self.changed: dict[str, Any] = {}
+
+    def __getitem__(self, key: str) -> Any:
+        return self.values[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if self.values[key] != value:
+            self.values[key] = value
+            self.changed[key] = value
+
+    def save(self, conn: Connection) -> None:
+        """One UPDATE of the changed columns (none when nothing changed)."""
+        if self.changed:
+            conn.execute(_UPDATE_BY_ID[self.table], {"b_id": self.values["id"], **self.changed})
+            self.changed = {}
 
 
 def session_key(
@@ -390,373 +453,389 @@ class Store:
 
     # ------------------------------------------------------------------ accounting
     def account(self, ev: AcctEvent, now: datetime) -> AcctResult:
-        """Apply one accounting event; safe to call again with the same event (retries)."""
+        """Apply one accounting event; safe to call again with the same event (retries).
+
+        One transaction on a Core connection, like authorization. A connection the database
+        dropped is retried once on a fresh one by :meth:`Database.run`.
+        """
         for attempt in range(3):
             try:
-                return self._account_once(ev, now)
+                return self.db.run(lambda conn: self._account(conn, ev, now))
             except IntegrityError:
                 # Another process opened or billed the same call at the same moment: the
                 # unique keys refused the second copy. Run again; it now finds the call.
                 if attempt == 2:
                     raise
-            except DBAPIError as exc:
-                # The database dropped the connection (restart, failover): once more, fresh.
-                if attempt == 2 or not exc.connection_invalidated:
-                    raise
         raise AssertionError("unreachable")
 
-    def _account_once(self, ev: AcctEvent, now: datetime) -> AcctResult:
-        with self.db.transaction() as s:
-            nas = s.get(NasClient, ev.nas_id)
-            epoch = nas.boot_epoch if nas is not None else 0
-            if ev.status in (AcctStatus.ACCOUNTING_ON, AcctStatus.ACCOUNTING_OFF):
-                return self._nas_restarted(s, ev, now)
-            key = session_key(ev.nas_id, epoch, ev.acct_session_id, ev.conf_id)
-            if ev.leg == "other":
-                return self._other_leg(s, ev, key, now)
-            live = self._find_call(s, ev, key)
-            if live is None:
-                if key is not None and s.scalar(select(Cdr.id).where(Cdr.session_key == key)):
+    def _account(self, conn: Connection, ev: AcctEvent, now: datetime) -> AcctResult:
+        """A call the server authorized costs a handful of statements: its card found and locked
+        by token (or session key), its live session re-read under lock, then the writes."""
+        if ev.status in (AcctStatus.ACCOUNTING_ON, AcctStatus.ACCOUNTING_OFF):
+            return self._nas_restarted(conn, ev, now)
+        found = None
+        if ev.token and ev.leg != "other":
+            found = conn.execute(CARD_OF_TOKEN, {"token": ev.token, "nas_id": ev.nas_id}).first()
+        epoch = (
+            found.boot_epoch if found is not None else conn.scalar(NAS_EPOCH, {"nas_id": ev.nas_id})
+        )
+        key = session_key(ev.nas_id, epoch or 0, ev.acct_session_id, ev.conf_id)
+        if ev.leg == "other":
+            return self._other_leg(conn, ev, key, now)
+        if found is None and key is not None:
+            found = conn.execute(CARD_OF_KEY, {"key": key}).first()
+        if found is None:
+            live_id = self._find_grant(conn, ev)
+            if live_id is None:
+                if key is not None and conn.scalar(CDR_OF_SESSION, {"key": key}) is not None:
                     # Billed long ago; its live row is already purged.
                     return AcctResult("duplicate")
-                live = self._open_unauthorized(s, ev, key, now)
-                if live is None:
+                live_id = self._open_unauthorized(conn, ev, key, now)
+                if live_id is None:
                     return AcctResult("unmatched")
-            card = s.scalars(select(Card).where(Card.id == live.card_id).with_for_update()).one()
-            s.refresh(live, with_for_update=True)
-            if live.state == "closed":
-                return AcctResult("duplicate", str(card.serial))
-            if live.session_key is None and key is not None:
-                live.session_key = key
-            if live.acct_session_id is None:
-                live.acct_session_id = ev.acct_session_id
-            if live.conf_id is None:
-                live.conf_id = ev.conf_id
-            if ev.status == AcctStatus.STOP:
-                cdr_cost = self._close(s, live, card, ev, now, "stop")
-                return AcctResult("billed", str(card.serial), cdr_cost)
-            self._mark_started(live, card, ev, now)
-            if ev.status == AcctStatus.INTERIM and ev.session_seconds is not None:
-                live.session_seconds = max(live.session_seconds, ev.session_seconds)
-            remaining = max(0, live.granted_seconds - live.session_seconds)
-            live.last_update_at = now
-            live.deadline_at = now + timedelta(
-                seconds=remaining + self.sessions.stale_margin_seconds
-            )
-            return AcctResult(
-                "started" if ev.status == AcctStatus.START else "updated", str(card.serial)
-            )
+            found = conn.execute(CARD_OF_CALL, {"live_id": live_id}).one()
+        card = _Changing(_cards, found, _ACCT_CARD_KEYS)
+        live = _Changing(_live, conn.execute(CALL_FOR_UPDATE, {"live_id": found.live_id}).one())
+        serial = str(card["serial"])
+        if live["state"] == "closed":
+            return AcctResult("duplicate", serial)
+        if live["session_key"] is None and key is not None:
+            live["session_key"] = key
+        if live["acct_session_id"] is None:
+            live["acct_session_id"] = ev.acct_session_id
+        if live["conf_id"] is None:
+            live["conf_id"] = ev.conf_id
+        if ev.status == AcctStatus.STOP:
+            cdr_cost = self._close(conn, live, card, ev, now, "stop")
+            return AcctResult("billed", serial, cdr_cost)
+        self._mark_started(live, card, ev)
+        if ev.status == AcctStatus.INTERIM and ev.session_seconds is not None:
+            live["session_seconds"] = max(live["session_seconds"], ev.session_seconds)
+        remaining = max(0, live["granted_seconds"] - live["session_seconds"])
+        live["last_update_at"] = now
+        live["deadline_at"] = now + timedelta(
+            seconds=remaining + self.sessions.stale_margin_seconds
+        )
+        card.save(conn)
+        live.save(conn)
+        return AcctResult("started" if ev.status == AcctStatus.START else "updated", serial)
 
-    def _find_call(self, s: Session, ev: AcctEvent, key: str | None) -> LiveSession | None:
-        if ev.token:
-            found = s.scalars(select(LiveSession).where(LiveSession.token == ev.token)).first()
-            if found is not None:
-                return found
-        if key is not None:
-            found = s.scalars(select(LiveSession).where(LiveSession.session_key == key)).first()
-            if found is not None:
-                return found
-        # A grant not yet tied to accounting: match the NAS's identifiers sent at authorization.
+    def _find_grant(self, conn: Connection, ev: AcctEvent) -> int | None:
+        """A grant not yet tied to accounting: match the NAS's identifiers sent at authorization."""
+        grants = (
+            select(_live.c.id)
+            .where(_live.c.nas_id == ev.nas_id)
+            .where(_live.c.state == "authorized")
+            .where(_live.c.session_key.is_(None))
+            .order_by(_live.c.id.desc())
+            .limit(1)
+        )
         for column, value in (
-            (LiveSession.acct_session_id, ev.acct_session_id),
-            (LiveSession.conf_id, ev.conf_id),
+            (_live.c.acct_session_id, ev.acct_session_id),
+            (_live.c.conf_id, ev.conf_id),
         ):
             if value:
-                found = s.scalars(
-                    select(LiveSession)
-                    .where(LiveSession.nas_id == ev.nas_id)
-                    .where(LiveSession.state == "authorized")
-                    .where(LiveSession.session_key.is_(None))
-                    .where(column == value)
-                    .order_by(LiveSession.id.desc())
-                ).first()
+                found = conn.scalar(grants.where(column == value))
                 if found is not None:
-                    return found
+                    return int(found)
         if ev.called_number:
             # Last resort for a NAS that echoes nothing: its most recent open grant for the same
             # caller and destination.
-            return s.scalars(
-                select(LiveSession)
-                .where(LiveSession.nas_id == ev.nas_id)
-                .where(LiveSession.state == "authorized")
-                .where(LiveSession.session_key.is_(None))
-                .where(LiveSession.calling_number == ev.calling_number)
-                .where(LiveSession.called_number == ev.called_number)
-                .order_by(LiveSession.id.desc())
-            ).first()
+            found = conn.scalar(
+                grants.where(_live.c.calling_number == ev.calling_number).where(
+                    _live.c.called_number == ev.called_number
+                )
+            )
+            return int(found) if found is not None else None
         return None
 
-    def _card_for_accounting(self, s: Session, ev: AcctEvent) -> Card | None:
+    def _card_for_accounting(self, conn: Connection, ev: AcctEvent) -> Any:
         """Who pays for a call that was never authorized here (Stop without any grant)."""
         user = ev.user_name.strip()
         if ev.calling_number and (not user or user == ev.calling_number):
-            card_id = s.scalar(
-                select(BindNumber.card_id).where(BindNumber.ani == ev.calling_number)
-            )
-            if card_id is not None:
-                return s.get(Card, card_id)
+            card = conn.execute(
+                CARD_BRIEF.join(_binds, _binds.c.card_id == _cards.c.id).where(
+                    _binds.c.ani == ev.calling_number
+                )
+            ).first()
+            if card is not None:
+                return card
         if user and looks_like_pin(user):
-            card = s.scalars(select(Card).where(Card.pin_hash == self._hash_pin(user))).first()
+            card = conn.execute(CARD_BRIEF.where(_cards.c.pin_hash == self._hash_pin(user))).first()
             if card is not None:
                 return card
         if user.isdigit() and len(user) <= 18:
-            return s.scalars(select(Card).where(Card.serial == int(user))).first()
+            return conn.execute(CARD_BRIEF.where(_cards.c.serial == int(user))).first()
         return None
 
     def _open_unauthorized(
-        self, s: Session, ev: AcctEvent, key: str | None, now: datetime
-    ) -> LiveSession | None:
+        self, conn: Connection, ev: AcctEvent, key: str | None, now: datetime
+    ) -> int | None:
         """Open a call the server never authorized (lost grant, other server, reaped grant).
 
         It is rated at today's rate for its destination and flagged as over its (zero) grant.
         """
         if key is None:
             return None
-        card = self._card_for_accounting(s, ev)
+        card = self._card_for_accounting(conn, ev)
         if card is None:
             return None
-        rate_row = rate_for(s, card.rate_group_id, ev.called_number)
-        live = LiveSession(
-            token=key,
-            session_key=key,
-            card_id=card.id,
-            nas_id=ev.nas_id,
-            state="authorized",
-            auth_method="none",
-            acct_session_id=ev.acct_session_id,
-            conf_id=ev.conf_id,
-            calling_number=ev.calling_number,
-            called_number=ev.called_number,
-            rate_prefix=rate_row.prefix if rate_row else "",
-            price_per_minute=rate_row.price_per_minute if rate_row else ZERO,
-            connection_fee=rate_row.connection_fee if rate_row else ZERO,
-            first_increment=rate_row.first_increment if rate_row else 1,
-            next_increment=rate_row.next_increment if rate_row else 1,
-            grace_seconds=rate_row.grace_seconds if rate_row else 0,
-            granted_seconds=0,
-            reserved_amount=ZERO,
-            session_seconds=0,
-            authorized_at=ev.event_at,
-            last_update_at=now,
-            deadline_at=now + timedelta(seconds=self.sessions.stale_margin_seconds),
+        rate = rate_for(conn, card.rate_group_id, ev.called_number)
+        return int(
+            conn.execute(
+                insert(_live).returning(_live.c.id),
+                {
+                    "token": key,
+                    "session_key": key,
+                    "card_id": card.id,
+                    "nas_id": ev.nas_id,
+                    "state": "authorized",
+                    "auth_method": "none",
+                    "acct_session_id": ev.acct_session_id,
+                    "conf_id": ev.conf_id,
+                    "calling_number": ev.calling_number,
+                    "called_number": ev.called_number,
+                    "rate_prefix": rate.prefix if rate else "",
+                    "price_per_minute": rate.price_per_minute if rate else ZERO,
+                    "connection_fee": rate.connection_fee if rate else ZERO,
+                    "first_increment": rate.first_increment if rate else 1,
+                    "next_increment": rate.next_increment if rate else 1,
+                    "grace_seconds": rate.grace_seconds if rate else 0,
+                    "granted_seconds": 0,
+                    "reserved_amount": ZERO,
+                    "session_seconds": 0,
+                    "authorized_at": ev.event_at,
+                    "last_update_at": now,
+                    "deadline_at": now + timedelta(seconds=self.sessions.stale_margin_seconds),
+                },
+            ).scalar_one()
         )
-        s.add(live)
-        s.flush()
-        return live
 
-    def _mark_started(self, live: LiveSession, card: Card, ev: AcctEvent, now: datetime) -> None:
-        if live.state != "started":
-            live.state = "started"
-        if live.started_at is None:
+    def _mark_started(self, live: _Changing, card: _Changing, ev: AcctEvent) -> None:
+        live["state"] = "started"
+        if live["started_at"] is None:
             started = ev.event_at
             if ev.status != AcctStatus.START and ev.session_seconds:
                 started = ev.event_at - timedelta(seconds=ev.session_seconds)
-            live.started_at = started
+            live["started_at"] = started
             self._first_use(card, started)
 
-    def _first_use(self, card: Card, started_at: datetime) -> None:
+    def _first_use(self, card: _Changing, started_at: datetime) -> None:
         """The card's first call starts its validity period (and activates first-use cards)."""
-        if card.first_used_at is not None:
+        if card["first_used_at"] is not None:
             return
-        card.first_used_at = started_at
-        if card.validity_days:
-            from_first_use = started_at + timedelta(days=card.validity_days)
-            if card.expires_at is None or from_first_use < card.expires_at:
-                card.expires_at = from_first_use
-        if card.state == CardState.INACTIVE:
-            card.state = CardState.ACTIVE.value
-            card.activated_at = started_at
+        card["first_used_at"] = started_at
+        if card["validity_days"]:
+            from_first_use = started_at + timedelta(days=card["validity_days"])
+            if card["expires_at"] is None or from_first_use < card["expires_at"]:
+                card["expires_at"] = from_first_use
+        if card["state"] == CardState.INACTIVE:
+            card["state"] = CardState.ACTIVE.value
+            card["activated_at"] = started_at
 
     def _close(
         self,
-        s: Session,
-        live: LiveSession,
-        card: Card,
+        conn: Connection,
+        live: _Changing,
+        card: _Changing,
         ev: AcctEvent | None,
         now: datetime,
         reason: str,
     ) -> Decimal:
-        """Rate, debit, write the CDR and the ledger entry, release the reservation."""
-        seconds = live.session_seconds
+        """Rate, debit, write the CDR and the ledger entry, release the reservation.
+
+        ``card`` and ``live`` must be locked (card first); every change to them is written here.
+        """
+        seconds = live["session_seconds"]
         stopped_at = ev.event_at if ev is not None else now
         if ev is not None and ev.session_seconds is not None:
             seconds = max(seconds, ev.session_seconds)
-        elif ev is not None and live.started_at is not None:
-            seconds = max(seconds, int((stopped_at - live.started_at).total_seconds()))
+        elif ev is not None and live["started_at"] is not None:
+            seconds = max(seconds, int((stopped_at - live["started_at"]).total_seconds()))
         seconds = max(0, seconds)
-        started_at = live.started_at or (stopped_at - timedelta(seconds=seconds))
-        if live.started_at is None:
-            live.started_at = started_at
+        started_at = live["started_at"] or (stopped_at - timedelta(seconds=seconds))
+        if live["started_at"] is None:
+            live["started_at"] = started_at
             self._first_use(card, started_at)
         rate = _rate_of(live)
-        billed = billed_seconds(rate, seconds)
-        unlimited = card.card_type == CardType.UNLIMITED
+        unlimited = card["card_type"] == CardType.UNLIMITED
         call_cost = (
             round_money(ZERO, self.limits.places)
             if unlimited
             else cost(rate, seconds, self.limits.places)
         )
-        card.balance = round_money(card.balance - call_cost, self.limits.places)
-        cdr = Cdr(
-            call_key=live.token,
-            session_key=live.session_key,
-            card_id=card.id,
-            nas_id=live.nas_id,
-            acct_session_id=live.acct_session_id,
-            conf_id=live.conf_id,
-            leg="billed",
-            auth_method=live.auth_method,
-            calling_number=live.calling_number or (ev.calling_number if ev else ""),
-            called_number=live.called_number or (ev.called_number if ev else ""),
-            rate_prefix=live.rate_prefix,
-            price_per_minute=live.price_per_minute,
-            connection_fee=live.connection_fee,
-            started_at=started_at,
-            stopped_at=stopped_at,
-            duration_seconds=seconds,
-            billed_seconds=billed,
-            granted_seconds=live.granted_seconds,
-            cost=call_cost,
-            balance_after=card.balance,
-            over_grant=seconds > live.granted_seconds,
-            close_reason=reason,
-            terminate_cause=ev.terminate_cause if ev is not None else None,
-            created_at=now,
-        )
-        s.add(cdr)
-        s.flush()
+        balance = round_money(card["balance"] - call_cost, self.limits.places)
+        card["balance"] = balance
+        if card["card_type"] == CardType.DISPOSABLE and seconds > 0:
+            card["state"] = CardState.RETIRED.value
+        elif card["card_type"] == CardType.STANDARD and balance <= 0:
+            card["state"] = CardState.EXHAUSTED.value
+        card.save(conn)
+        cdr_id = conn.execute(
+            INSERT_CDR,
+            {
+                "call_key": live["token"],
+                "session_key": live["session_key"],
+                "card_id": card["id"],
+                "nas_id": live["nas_id"],
+                "acct_session_id": live["acct_session_id"],
+                "conf_id": live["conf_id"],
+                "leg": "billed",
+                "auth_method": live["auth_method"],
+                "calling_number": live["calling_number"] or (ev.calling_number if ev else ""),
+                "called_number": live["called_number"] or (ev.called_number if ev else ""),
+                "rate_prefix": live["rate_prefix"],
+                "price_per_minute": live["price_per_minute"],
+                "connection_fee": live["connection_fee"],
+                "started_at": started_at,
+                "stopped_at": stopped_at,
+                "duration_seconds": seconds,
+                "billed_seconds": billed_seconds(rate, seconds),
+                "granted_seconds": live["granted_seconds"],
+                "cost": call_cost,
+                "balance_after": balance,
+                "over_grant": seconds > live["granted_seconds"],
+                "close_reason": reason,
+                "terminate_cause": ev.terminate_cause if ev is not None else None,
+                "created_at": now,
+            },
+        ).scalar_one()
         if call_cost != 0:
-            s.add(
-                LedgerEntry(
-                    card_id=card.id,
-                    kind="call",
-                    amount=-call_cost,
-                    balance_after=card.balance,
-                    cdr_id=cdr.id,
-                    note="",
-                    created_at=now,
-                )
+            conn.execute(
+                INSERT_LEDGER,
+                {
+                    "card_id": card["id"],
+                    "kind": "call",
+                    "amount": -call_cost,
+                    "balance_after": balance,
+                    "cdr_id": cdr_id,
+                    "note": "",
+                    "created_at": now,
+                },
             )
-        live.state = "closed"
-        live.session_seconds = seconds
-        live.closed_at = now
-        live.last_update_at = now
-        live.reserved_amount = ZERO
-        if card.card_type == CardType.DISPOSABLE and seconds > 0:
-            card.state = CardState.RETIRED.value
-        elif card.card_type == CardType.STANDARD and card.balance <= 0:
-            card.state = CardState.EXHAUSTED.value
+        live["state"] = "closed"
+        live["session_seconds"] = seconds
+        live["closed_at"] = now
+        live["last_update_at"] = now
+        live["reserved_amount"] = ZERO
+        live.save(conn)
         return call_cost
 
-    def _other_leg(self, s: Session, ev: AcctEvent, key: str | None, now: datetime) -> AcctResult:
+    def _other_leg(
+        self, conn: Connection, ev: AcctEvent, key: str | None, now: datetime
+    ) -> AcctResult:
         """The leg a multi-leg profile does not bill: a zero-cost record of its Stop, once."""
         if ev.status != AcctStatus.STOP or key is None:
             return AcctResult("leg")
-        if s.scalar(select(Cdr.id).where(Cdr.call_key == key)) is not None:
+        if conn.scalar(CDR_OF_CALL, {"key": key}) is not None:
             return AcctResult("duplicate")
         billed = None
         if ev.token:
-            billed = s.scalars(select(LiveSession).where(LiveSession.token == ev.token)).first()
+            billed = conn.execute(select(_live).where(_live.c.token == ev.token)).first()
         if billed is None and ev.conf_id:
-            billed = s.scalars(
-                select(LiveSession)
-                .where(LiveSession.nas_id == ev.nas_id)
-                .where(LiveSession.conf_id == ev.conf_id)
-                .order_by(LiveSession.id.desc())
+            billed = conn.execute(
+                select(_live)
+                .where(_live.c.nas_id == ev.nas_id)
+                .where(_live.c.conf_id == ev.conf_id)
+                .order_by(_live.c.id.desc())
+                .limit(1)
             ).first()
         card = (
-            s.get(Card, billed.card_id) if billed is not None else self._card_for_accounting(s, ev)
+            conn.execute(CARD_BRIEF.where(_cards.c.id == billed.card_id)).first()
+            if billed is not None
+            else self._card_for_accounting(conn, ev)
         )
         if card is None:
             return AcctResult("unmatched")
         seconds = ev.session_seconds or 0
-        s.add(
-            Cdr(
-                call_key=key,
-                card_id=card.id,
-                nas_id=ev.nas_id,
-                acct_session_id=ev.acct_session_id,
-                conf_id=ev.conf_id,
-                leg="other",
-                auth_method=billed.auth_method if billed else "none",
-                calling_number=ev.calling_number,
-                called_number=ev.called_number,
-                rate_prefix=billed.rate_prefix if billed else "",
-                price_per_minute=ZERO,
-                connection_fee=ZERO,
-                started_at=ev.event_at - timedelta(seconds=seconds),
-                stopped_at=ev.event_at,
-                duration_seconds=seconds,
-                billed_seconds=0,
-                granted_seconds=billed.granted_seconds if billed else 0,
-                cost=round_money(ZERO, self.limits.places),
-                balance_after=card.balance,
-                over_grant=False,
-                close_reason="stop",
-                terminate_cause=ev.terminate_cause,
-                created_at=now,
-            )
+        conn.execute(
+            insert(_cdrs),
+            {
+                "call_key": key,
+                "session_key": None,
+                "card_id": card.id,
+                "nas_id": ev.nas_id,
+                "acct_session_id": ev.acct_session_id,
+                "conf_id": ev.conf_id,
+                "leg": "other",
+                "auth_method": billed.auth_method if billed else "none",
+                "calling_number": ev.calling_number,
+                "called_number": ev.called_number,
+                "rate_prefix": billed.rate_prefix if billed else "",
+                "price_per_minute": ZERO,
+                "connection_fee": ZERO,
+                "started_at": ev.event_at - timedelta(seconds=seconds),
+                "stopped_at": ev.event_at,
+                "duration_seconds": seconds,
+                "billed_seconds": 0,
+                "granted_seconds": billed.granted_seconds if billed else 0,
+                "cost": round_money(ZERO, self.limits.places),
+                "balance_after": card.balance,
+                "over_grant": False,
+                "close_reason": "stop",
+                "terminate_cause": ev.terminate_cause,
+                "created_at": now,
+            },
         )
         return AcctResult("leg", str(card.serial))
 
-    def _nas_restarted(self, s: Session, ev: AcctEvent, now: datetime) -> AcctResult:
+    def _nas_restarted(self, conn: Connection, ev: AcctEvent, now: datetime) -> AcctResult:
         """Accounting-On/Off: the NAS lost its calls. Close them from what is known."""
-        s.execute(
-            update(NasClient)
-            .where(NasClient.id == ev.nas_id)
-            .values(boot_epoch=NasClient.boot_epoch + 1)
+        conn.execute(
+            update(_nas).where(_nas.c.id == ev.nas_id).values(boot_epoch=_nas.c.boot_epoch + 1)
         )
-        ids = s.scalars(
-            select(LiveSession.id)
-            .where(LiveSession.nas_id == ev.nas_id)
-            .where(LiveSession.state.in_(OPEN_STATES))
-            .order_by(LiveSession.card_id, LiveSession.id)
+        ids = conn.scalars(
+            select(_live.c.id)
+            .where(_live.c.nas_id == ev.nas_id)
+            .where(_live.c.state.in_(OPEN_STATES))
+            .order_by(_live.c.card_id, _live.c.id)
         ).all()
-        closed = self._close_many(s, list(ids), now, "nas-restart")
+        closed = self._close_many(conn, list(ids), now, "nas-restart")
         return AcctResult("nas-restart", closed_calls=closed)
 
-    def _close_many(self, s: Session, ids: list[int], now: datetime, reason: str) -> int:
+    def _close_many(self, conn: Connection, ids: list[int], now: datetime, reason: str) -> int:
+        """Bill the started calls among ``ids`` and release their grants never started."""
         closed = 0
         for live_id in ids:
-            live = s.get(LiveSession, live_id)
-            assert live is not None
-            card = s.scalars(select(Card).where(Card.id == live.card_id).with_for_update()).one()
-            s.refresh(live, with_for_update=True)
-            if live.state == "started":
-                self._close(s, live, card, None, now, reason)
+            card = _Changing(
+                _cards, conn.execute(CARD_OF_CALL, {"live_id": live_id}).one(), _ACCT_CARD_KEYS
+            )
+            live = _Changing(_live, conn.execute(CALL_FOR_UPDATE, {"live_id": live_id}).one())
+            if live["state"] == "started":
+                self._close(conn, live, card, None, now, reason)
                 closed += 1
-            elif live.state == "authorized":
-                live.state = "released"  # a late Start reopens it
-                live.closed_at = now
+            elif live["state"] == "authorized":
+                live["state"] = "released"  # a late Start reopens it
+                live["closed_at"] = now
+                live.save(conn)
                 closed += 1
         return closed
 
     # ------------------------------------------------------------------ reaper
     def reap(self, now: datetime) -> ReapResult:
         """Release grants never started, bill calls whose Stop never came, purge old rows."""
-        with self.db.transaction() as s:
-            stale = s.execute(
-                select(LiveSession.id, LiveSession.state)
-                .where(LiveSession.state.in_(OPEN_STATES))
-                .where(LiveSession.deadline_at <= now)
-                .order_by(LiveSession.card_id, LiveSession.id)
-            ).all()
-            released = sum(1 for _, state in stale if state == "authorized")
-            closed = sum(1 for _, state in stale if state == "started")
-            self._close_many(s, [row[0] for row in stale], now, "reaped")
-            cutoff = now - timedelta(days=self.sessions.closed_session_retention_days)
-            deleted = s.execute(
-                delete(LiveSession)
-                .where(LiveSession.state.in_(("closed", "released")))
-                .where(LiveSession.closed_at < cutoff)
-            )
-            purged = cast(CursorResult[Any], deleted).rowcount
-            live = s.scalar(
-                select(func.count(LiveSession.id)).where(LiveSession.state.in_(OPEN_STATES))
-            )
-            return ReapResult(
-                released=released, closed=closed, purged=int(purged or 0), live=int(live or 0)
-            )
+        return self.db.run(lambda conn: self._reap(conn, now))
+
+    def _reap(self, conn: Connection, now: datetime) -> ReapResult:
+        stale = conn.execute(
+            select(_live.c.id, _live.c.state)
+            .where(_live.c.state.in_(OPEN_STATES))
+            .where(_live.c.deadline_at <= now)
+            .order_by(_live.c.card_id, _live.c.id)
+        ).all()
+        released = sum(1 for _, state in stale if state == "authorized")
+        closed = sum(1 for _, state in stale if state == "started")
+        self._close_many(conn, [row[0] for row in stale], now, "reaped")
+        cutoff = now - timedelta(days=self.sessions.closed_session_retention_days)
+        deleted = conn.execute(
+            delete(_live)
+            .where(_live.c.state.in_(("closed", "released")))
+            .where(_live.c.closed_at < cutoff)
+        )
+        live = conn.scalar(select(func.count(_live.c.id)).where(_live.c.state.in_(OPEN_STATES)))
+        return ReapResult(
+            released=released, closed=closed, purged=int(deleted.rowcount or 0), live=int(live or 0)
+        )
 
 
 def store_from_settings(settings: Settings, db: Database) -> Store:

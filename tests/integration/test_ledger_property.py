@@ -9,90 +9,20 @@ promised more than the balance could pay at the time it was made.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import timedelta
 from decimal import Decimal
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
+from store_support import EPOCH, UK, add_card, nas_id, pin_of, store_fixture
 
-import schema
 from billing.calls import Accepted, AcctEvent, AcctStatus, AuthRequest
-from billing.domain import Limits
-from billing.pins import luhn_check_digit, pin_hash
-from billing.rating import Rate, cost
-from billing.storage.database import Database
-from billing.storage.models import Batch, Card, Cdr, LedgerEntry, NasClient, RateGroup, RateRow
-from billing.storage.store import SecurityPolicy, SessionPolicy, Store
+from billing.rating import cost
+from billing.storage.models import Card, Cdr, LedgerEntry
+from billing.storage.store import SessionPolicy, Store
 
-KEY = b"k" * 32
-EPOCH = datetime(2026, 1, 1)  # noqa: DTZ001 - storage times are naive UTC
-UK = Rate("44", Decimal("0.07"), Decimal("0.05"), 30, 6, 0)
-
-
-@pytest.fixture(scope="module", params=["sqlite", "postgres"])
-def store(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Store]:
-    if request.param == "postgres":
-        url = request.getfixturevalue("postgres_url")
-    else:
-        url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'p.sqlite3'}"
-    schema.upgrade(url)
-    db = Database.from_url(url)
-    with db.transaction() as s:
-        s.add(
-            NasClient(
-                name="gw",
-                address="127.0.0.1",
-                secret="x",
-                profile="generic",
-                require_message_authenticator="no",
-                message_authenticator_seen=False,
-                boot_epoch=0,
-                created_at=EPOCH,
-            )
-        )
-        group = RateGroup(name="g", currency="USD", created_at=EPOCH)
-        s.add(group)
-        s.flush()
-        s.add(
-            RateRow(
-                rate_group_id=group.id,
-                prefix=UK.prefix,
-                description="",
-                price_per_minute=UK.price_per_minute,
-                connection_fee=UK.connection_fee,
-                first_increment=UK.first_increment,
-                next_increment=UK.next_increment,
-                grace_seconds=UK.grace_seconds,
-            )
-        )
-        s.add(
-            Batch(
-                card_type="rechargeable",
-                face_value=Decimal(0),
-                currency="USD",
-                rate_group_id=group.id,
-                validity_days=None,
-                grace_days=0,
-                expires_on=None,
-                max_calls=3,
-                pin_length=12,
-                pin_prefix="",
-                activation_mode="manual",
-                card_count=0,
-                first_serial=1,
-                last_serial=1,
-                note="",
-                created_at=EPOCH,
-            )
-        )
-    yield Store(db, KEY, Limits(), SecurityPolicy(), SessionPolicy(stale_margin_seconds=60))
-    db.dispose()
-
+store = store_fixture(SessionPolicy(stale_margin_seconds=60))
 
 serials = itertools.count(5_000_000_001)
 
@@ -113,37 +43,15 @@ call = st.fixed_dictionaries(
 @given(balance=st.decimals("0", "3", places=2), calls=st.lists(call, min_size=1, max_size=6))
 def test_cdrs_ledger_and_balance_agree(store: Store, balance: Decimal, calls: list[dict]) -> None:
     serial = next(serials)
-    pin = f"{serial}00" + luhn_check_digit(f"{serial}00")
-    with store.db.transaction() as s:
-        batch_id = s.scalar(select(Batch.id))
-        group_id = s.scalar(select(RateGroup.id))
-        nas_id = s.scalar(select(NasClient.id))
-        card = Card(
-            serial=serial,
-            batch_id=batch_id,
-            pin_hash=pin_hash(KEY, pin),
-            card_type="rechargeable",
-            state="active",
-            locked=False,
-            balance=balance,
-            currency="USD",
-            rate_group_id=group_id,
-            max_calls=3,
-            activation_mode="manual",
-            validity_days=None,
-            grace_days=0,
-            failed_pin_count=0,
-            created_at=EPOCH,
-        )
-        s.add(card)
-        s.flush()
-        card_id = card.id
+    pin = pin_of(serial)
+    card_id = add_card(store, serial, balance)
+    nas = nas_id(store)
     now = EPOCH
     for n, c in enumerate(calls):
         now += timedelta(seconds=1000)
         result = store.authorize(  # card number + PIN
             AuthRequest(
-                nas_id=nas_id,
+                nas_id=nas,
                 user_name=str(serial),
                 password=pin,
                 calling_number="1555",
@@ -163,7 +71,7 @@ def test_cdrs_ledger_and_balance_agree(store: Store, balance: Decimal, calls: li
             assert cost(UK, result.session_seconds) <= result.available_amount
         token = result.token if c["echo_class"] else None
         base = {
-            "nas_id": nas_id,
+            "nas_id": nas,
             "token": token,
             "acct_session_id": f"{serial}-{n}",
             "calling_number": "1555",
