@@ -38,6 +38,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "pool_size": 10,
         "echo": False,
         "sqlite_busy_seconds": 30.0,  # SQLite: how long a writer waits for another's lock
+        "prepared_statements": True,  # PostgreSQL: PREPARE the hot statements per connection
     },
     "redis": {
         "url": "",  # empty: in-process live state (single process only)

@@ -83,6 +83,7 @@ def start(settings: Settings, reactor: Any) -> Running:
         pool_size=int(settings["database"]["pool_size"]),
         echo=bool(settings["database"]["echo"]),
         sqlite_busy_seconds=float(settings["database"]["sqlite_busy_seconds"]),
+        prepared_statements=bool(settings["database"]["prepared_statements"]),
     )
     db.check_schema()
     store = store_from_settings(settings, db)

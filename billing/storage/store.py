@@ -27,6 +27,7 @@ from sqlalchemy import (
     delete,
     func,
     insert,
+    literal_column,
     select,
     true,
     update,
@@ -57,7 +58,7 @@ from billing.money import ZERO, round_money
 from billing.pins import looks_like_pin, make_pin_hasher
 from billing.rating import Rate, billed_seconds, cost
 from billing.settings import Settings
-from billing.storage.database import Database
+from billing.storage.database import Database, hot
 from billing.storage.keys import load_or_create_pin_key
 from billing.storage.models import (
     BindNumber,
@@ -92,13 +93,13 @@ _CARD_COLUMNS = [
     _cards.c.rate_group_id,
     _cards.c.failed_pin_count,
 ]
-CARD_BY_PIN = (
+CARD_BY_PIN = hot(
     select(*_CARD_COLUMNS).where(_cards.c.pin_hash == bindparam("pin_hash")).with_for_update()
 )
-CARD_BY_SERIAL = (
+CARD_BY_SERIAL = hot(
     select(*_CARD_COLUMNS).where(_cards.c.serial == bindparam("serial")).with_for_update()
 )
-CARD_BY_ANI = (
+CARD_BY_ANI = hot(
     select(*_CARD_COLUMNS)
     .join(BindNumber.__table__, BindNumber.__table__.c.card_id == _cards.c.id)
     .where(BindNumber.__table__.c.ani == bindparam("ani"))
@@ -112,7 +113,7 @@ _open_calls = (
     )
     .where(
         _live.c.card_id == bindparam("card_id"),
-        _live.c.state.in_(OPEN_STATES),
+        _live.c.state.in_([literal_column(f"'{state}'") for state in OPEN_STATES]),
         _live.c.deadline_at > bindparam("now"),
     )
     .subquery("open_calls")
@@ -122,11 +123,11 @@ _rate = RATE_BY_PREFIX.subquery("rate")
 #: statement after the card's row lock is held, so (READ COMMITTED) it sees every grant committed
 #: by whoever held the lock before. Parameters: ``card_id``, ``now``, ``rate_group`` and
 #: :func:`~billing.storage.rates.prefix_params`.
-OPEN_CALLS_AND_RATE = select(_open_calls, _rate).select_from(
-    _open_calls.outerjoin(_rate, true())
+OPEN_CALLS_AND_RATE = hot(
+    select(_open_calls, _rate).select_from(_open_calls.outerjoin(_rate, true()))
 )
-INSERT_GRANT = insert(_live).values(state="authorized", session_key=None, session_seconds=0)
-SECURITY_EVENT = insert(cast(Table, SecurityEvent.__table__))
+INSERT_GRANT = hot(insert(_live).values(state="authorized", session_key=None, session_seconds=0))
+SECURITY_EVENT = hot(insert(cast(Table, SecurityEvent.__table__)))
 
 # The accounting's statements. A call's card is locked before its live session, the order that
 # authorization and the reaper use too, so two transactions never wait for each other in a cycle;
@@ -142,7 +143,7 @@ _ACCT_CARD_KEYS = (
     "first_used_at"
 ).split()
 _ACCT_CARD_COLUMNS = [_cards.c[key] for key in _ACCT_CARD_KEYS]
-NAS_EPOCH = select(_nas.c.boot_epoch).where(_nas.c.id == bindparam("nas_id"))
+NAS_EPOCH = hot(select(_nas.c.boot_epoch).where(_nas.c.id == bindparam("nas_id")))
 _CALL_CARD = (
     select(*_ACCT_CARD_COLUMNS, _live.c.id.label("live_id"))
     .join_from(_cards, _live, _live.c.card_id == _cards.c.id)
@@ -150,20 +151,22 @@ _CALL_CARD = (
 )
 #: A call's card, locked, found by the token the NAS echoes in Class; with the NAS's boot epoch,
 #: so the packet's session key costs no round trip of its own.
-CARD_OF_TOKEN = _CALL_CARD.add_columns(NAS_EPOCH.scalar_subquery().label("boot_epoch")).where(
-    _live.c.token == bindparam("token")
+CARD_OF_TOKEN = hot(
+    _CALL_CARD.add_columns(NAS_EPOCH.scalar_subquery().label("boot_epoch")).where(
+        _live.c.token == bindparam("token")
+    )
 )
-CARD_OF_KEY = _CALL_CARD.where(_live.c.session_key == bindparam("key"))
-CARD_OF_CALL = _CALL_CARD.where(_live.c.id == bindparam("live_id"))
-CALL_FOR_UPDATE = select(_live).where(_live.c.id == bindparam("live_id")).with_for_update()
+CARD_OF_KEY = hot(_CALL_CARD.where(_live.c.session_key == bindparam("key")))
+CARD_OF_CALL = hot(_CALL_CARD.where(_live.c.id == bindparam("live_id")))
+CALL_FOR_UPDATE = hot(select(_live).where(_live.c.id == bindparam("live_id")).with_for_update())
 CARD_BRIEF = select(_cards.c.id, _cards.c.serial, _cards.c.balance, _cards.c.rate_group_id)
-CDR_OF_SESSION = select(_cdrs.c.id).where(_cdrs.c.session_key == bindparam("key"))
-CDR_OF_CALL = select(_cdrs.c.id).where(_cdrs.c.call_key == bindparam("key"))
-INSERT_CDR = insert(_cdrs).returning(_cdrs.c.id)
-INSERT_LEDGER = insert(_ledger)
+CDR_OF_SESSION = hot(select(_cdrs.c.id).where(_cdrs.c.session_key == bindparam("key")))
+CDR_OF_CALL = hot(select(_cdrs.c.id).where(_cdrs.c.call_key == bindparam("key")))
+INSERT_CDR = hot(insert(_cdrs).returning(_cdrs.c.id))
+INSERT_LEDGER = hot(insert(_ledger))
 #: One UPDATE by primary key per table; the columns set are those the parameters name.
 _UPDATE_BY_ID = {
-    table: update(table).where(table.c.id == bindparam("b_id")) for table in (_cards, _live)
+    table: hot(update(table).where(table.c.id == bindparam("b_id"))) for table in (_cards, _live)
 }
 
 

@@ -17,6 +17,7 @@ import pytest
 from sqlalchemy import select
 
 import schema
+from billing.calls import AuthRequest
 from billing.domain import Limits
 from billing.pins import luhn_check_digit, pin_hash
 from billing.rating import Rate
@@ -29,10 +30,12 @@ EPOCH = datetime(2026, 1, 1)  # noqa: DTZ001 - storage times are naive UTC
 UK = Rate("44", Decimal("0.07"), Decimal("0.05"), 30, 6, 0)
 
 
-def store_fixture(sessions: SessionPolicy) -> Any:
+def store_fixture(
+    sessions: SessionPolicy, backends: tuple[str, ...] = ("sqlite", "postgres")
+) -> Any:
     """A module's ``store`` fixture (``store = store_fixture(...)``): one database per backend."""
 
-    @pytest.fixture(scope="module", params=["sqlite", "postgres"])
+    @pytest.fixture(scope="module", params=list(backends))
     def store(
         request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
     ) -> Iterator[Store]:
@@ -147,3 +150,15 @@ def nas_id(store: Store) -> int:
         found = s.scalar(select(NasClient.id).where(NasClient.name == "gw"))
         assert found is not None
         return found
+
+
+def pin_request(nas: int, serial: int, acct_session_id: str) -> AuthRequest:
+    """The Access-Request of a call to the UK from ``1555`` with the card's PIN as User-Name."""
+    return AuthRequest(
+        nas_id=nas,
+        user_name=pin_of(serial),
+        password=None,
+        calling_number="1555",
+        called_number="441234",
+        acct_session_id=acct_session_id,
+    )

@@ -1,0 +1,181 @@
+"""The server's hot statements on PostgreSQL's bare cursor (``HotConnection``): the same rows,
+the same errors and the same recovery from a dropped connection as through SQLAlchemy.
+"""
+
+from __future__ import annotations
+
+import itertools
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+from sqlalchemy import Connection, create_engine, text
+from sqlalchemy.exc import IntegrityError
+from store_support import EPOCH, add_card, nas_id, pin_of, pin_request, store_fixture
+
+from billing.calls import Accepted, AcctEvent, AcctStatus
+from billing.storage.database import HotConnection, _Plan
+from billing.storage.rates import prefix_params
+from billing.storage.store import (
+    CALL_FOR_UPDATE,
+    CARD_BY_PIN,
+    CARD_OF_TOKEN,
+    INSERT_GRANT,
+    OPEN_CALLS_AND_RATE,
+    SessionPolicy,
+    Store,
+)
+
+serials = itertools.count(7_000_000_001)
+
+
+store = store_fixture(SessionPolicy(), backends=("postgres",))
+
+
+def authorize(store: Store, serial: int, nas: int | None = None) -> Accepted:
+    nas = nas if nas is not None else nas_id(store)
+    result = store.authorize(pin_request(nas, serial, f"s-{serial}"), EPOCH)
+    assert isinstance(result, Accepted), result
+    return result
+
+
+def both_ways(store: Store, statement: object, params: dict[str, object]) -> tuple[list, list]:
+    """The rows of ``statement`` on the hot path and through SQLAlchemy, in one transaction."""
+    with store.db.engine.begin() as conn:
+        hot = HotConnection(conn, {}, prepare=True)
+        fast = [tuple(row) for row in hot.execute(statement, params).all()]  # type: ignore[arg-type]
+        fast_maps = [dict(row._mapping) for row in hot.execute(statement, params)]  # type: ignore[arg-type]
+        slow = conn.execute(statement, params).all()  # type: ignore[call-overload]
+        assert fast_maps == [dict(row._mapping) for row in slow]
+        return fast, [tuple(row) for row in slow]
+
+
+def test_rows_are_the_same_values_and_types_as_sqlalchemy(store: Store) -> None:
+    serial = next(serials)
+    card_id = add_card(store, serial, Decimal("5.00"))
+    token = authorize(store, serial).token
+    live_id = (
+        store.db.engine.connect()
+        .execute(text("SELECT id FROM live_sessions WHERE token = :t"), {"t": token})
+        .scalar()
+    )
+    cases = [
+        (CARD_BY_PIN, {"pin_hash": CARD_BY_PIN_HASH(store, serial)}),
+        (
+            OPEN_CALLS_AND_RATE,
+            {
+                "card_id": card_id,
+                "now": EPOCH,
+                "rate_group": rate_group(store),
+                **prefix_params("4412"),
+            },
+        ),
+        (
+            OPEN_CALLS_AND_RATE,
+            {"card_id": card_id, "now": EPOCH, "rate_group": 0, **prefix_params("1")},
+        ),
+        (CARD_OF_TOKEN, {"token": token, "nas_id": nas_id(store)}),
+        (CALL_FOR_UPDATE, {"live_id": live_id}),
+    ]
+    for statement, params in cases:
+        fast, slow = both_ways(store, statement, params)
+        assert fast == slow and fast, statement
+        for fast_row, slow_row in zip(fast, slow, strict=True):
+            assert [type(v) for v in fast_row] == [type(v) for v in slow_row]
+    # Money comes back as Decimal with the stored places, times as naive UTC datetimes.
+    row = both_ways(store, CALL_FOR_UPDATE, {"live_id": live_id})[0][0]
+    assert Decimal("5.0000") >= next(v for v in row if isinstance(v, Decimal)) >= 0
+
+
+def CARD_BY_PIN_HASH(store: Store, serial: int) -> str:  # noqa: N802 - reads like the statement
+    return store._hash_pin(pin_of(serial))
+
+
+def rate_group(store: Store) -> int:
+    with store.db.engine.connect() as conn:
+        return int(conn.execute(text("SELECT id FROM rate_groups")).scalar_one())
+
+
+def test_every_statement_of_a_call_runs_on_the_hot_path(store: Store) -> None:
+    serial = next(serials)
+    add_card(store, serial, Decimal("5.00"))
+    granted = authorize(store, serial)
+    for status, seconds in ((AcctStatus.START, None), (AcctStatus.STOP, 125)):
+        outcome = store.account(
+            AcctEvent(
+                nas_id=nas_id(store),
+                status=status,
+                event_at=EPOCH + timedelta(seconds=seconds or 0),
+                token=granted.token,
+                acct_session_id=f"s-{serial}",
+                session_seconds=seconds,
+            ),
+            EPOCH + timedelta(seconds=seconds or 0),
+        )
+        assert outcome.outcome in ("started", "billed")
+    plans = store.db._plans
+    assert len(plans) >= 8
+    unplanned = [
+        key for key, plan in plans.items() if not (isinstance(plan, _Plan) and plan.prepare)
+    ]
+    assert unplanned == []
+
+
+def test_a_unique_violation_is_sqlalchemys_integrity_error(store: Store) -> None:
+    serial = next(serials)
+    card_id = add_card(store, serial, Decimal("5.00"))
+    token = authorize(store, serial).token
+    grant = {
+        "token": token,  # taken already
+        "card_id": card_id,
+        "nas_id": nas_id(store),
+        "auth_method": "pin",
+        "acct_session_id": None,
+        "conf_id": None,
+        "calling_number": "",
+        "called_number": "44",
+        "rate_prefix": "44",
+        "price_per_minute": Decimal("0.07"),
+        "connection_fee": Decimal("0.05"),
+        "first_increment": 30,
+        "next_increment": 6,
+        "grace_seconds": 0,
+        "granted_seconds": 30,
+        "reserved_amount": Decimal("0.085"),
+        "authorized_at": EPOCH,
+        "last_update_at": EPOCH,
+        "deadline_at": EPOCH,
+    }
+
+    def insert_again(conn: Connection) -> None:
+        conn.execute(INSERT_GRANT, grant)
+
+    with pytest.raises(IntegrityError):
+        store.db.run(insert_again)
+    # The failed transaction was rolled back; the connection serves the next request.
+    next_serial = next(serials)
+    add_card(store, next_serial, Decimal("5.00"))
+    authorize(store, next_serial)
+
+
+def test_a_dropped_connection_is_replaced_and_its_statements_prepared_again(
+    store: Store, postgres_url: str
+) -> None:
+    first, second = next(serials), next(serials)
+    add_card(store, first, Decimal("5.00"))
+    add_card(store, second, Decimal("5.00"))
+    nas = nas_id(store)
+    authorize(store, first, nas)  # the pool's connection has its statements prepared
+    admin = create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        killed = conn.execute(
+            text(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        ).scalar()
+    admin.dispose()
+    assert killed and killed >= 1
+    # The first statement finds the connection dead; the transaction runs again on a new one,
+    # which prepares its statements afresh.
+    assert authorize(store, second, nas).session_seconds > 0
