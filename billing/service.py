@@ -41,10 +41,21 @@ class SessionService:
             sources.insert(0, (f"ani:{req.calling_number}", self.throttle.ani_failure_limit))
         return sources
 
-    def authorize(self, req: AuthRequest, now: datetime) -> AuthResult:
+    def throttle_keys(self, req: AuthRequest) -> tuple[tuple[str, ...], str | None]:
+        """The live-state keys :meth:`authorize` checks: the sources' lockouts, and the caller's
+        failure count (for a caller may fetch their state ahead, in a round trip it makes anyway).
+        """
+        lockouts = tuple(key for key, _ in self._sources(req))
+        return lockouts, (f"ani:{req.calling_number}" if req.calling_number else None)
+
+    def authorize(
+        self, req: AuthRequest, now: datetime, throttle: tuple[bool, bool] | None = None
+    ) -> AuthResult:
+        """Authorize unless a source is locked out. ``throttle`` is the state of
+        :meth:`throttle_keys` (locked out, caller has failures) when the caller fetched it."""
         sources = self._sources(req)
-        ani_key = f"ani:{req.calling_number}" if req.calling_number else None
-        locked, ani_failures = self.live.throttle_state(tuple(key for key, _ in sources), ani_key)
+        keys, ani_key = self.throttle_keys(req)
+        locked, ani_failures = throttle or self.live.throttle_state(keys, ani_key)
         if locked:
             return Rejected(RejectReason.RETRIES_EXCEEDED)
         result = self.store.authorize(req, now)

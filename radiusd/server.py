@@ -27,7 +27,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
-from billing.calls import Accepted, AcctResult, Nas, Rejected, utc_from_epoch
+from billing.calls import Accepted, AcctResult, AuthRequest, Nas, Rejected, utc_from_epoch
 from billing.domain import RejectReason
 from billing.numbers import NumberRules
 from billing.service import SessionService
@@ -42,6 +42,7 @@ from radiusd.codec import (
     Codec,
     Malformed,
     Reply,
+    Request,
     check_structure,
 )
 from radiusd.metrics import Metrics
@@ -103,18 +104,32 @@ class Handler:
             # The NAS has given up on this one (and retransmitted, or failed over): answering
             # now only delays the requests behind it. Shed load instead of falling behind.
             raise Drop("queue-timeout")
+        request = self._decode(kind, nas, data)
+        call = None
+        if kind == AUTH and request.code == ACCESS_REQUEST:
+            call = translate.auth_request(request, nas.id, self.rules)
+            if request.chap or translate.oversized(call):
+                call = None  # refused as malformed below, without the service
         shared = self.shared_replies
         if shared is None:
-            return self._process(kind, nas, data, cache_key, arrival)
+            return self._process(kind, nas, request, call, cache_key, arrival, None)
         # Another process (or host) may have this request: the NAS retransmitted to it, or
         # failed over. Claim it in the shared cache; replay its reply, or leave it to them.
-        claimed, cached = shared.reply_claim(cache_key, self.reply_ttl)
+        # An authorization's throttling state comes in the same round trip.
+        throttle = None
+        if call is not None:
+            keys, failure_key = self.service.throttle_keys(call)
+            (claimed, cached), throttle = shared.claim_and_throttle(
+                cache_key, self.reply_ttl, keys, failure_key
+            )
+        else:
+            claimed, cached = shared.reply_claim(cache_key, self.reply_ttl)
         if cached is not None:
             return Outcome(cached, {"decision": "replayed"})
         if not claimed:
             raise Drop("in-flight-elsewhere")
         try:
-            outcome = self._process(kind, nas, data, cache_key, arrival)
+            outcome = self._process(kind, nas, request, call, cache_key, arrival, throttle)
         except BaseException:
             shared.reply_release(cache_key)
             raise
@@ -122,7 +137,7 @@ class Handler:
             shared.reply_put(cache_key, outcome.data, self.reply_ttl)
         return outcome
 
-    def _process(self, kind: str, nas: Nas, data: bytes, cache_key: str, arrival: float) -> Outcome:
+    def _decode(self, kind: str, nas: Nas, data: bytes) -> Request:
         # The Message-Authenticator policy guards Access-Request (BlastRADIUS); accounting is
         # authenticated by its Request Authenticator, and a Message-Authenticator there is
         # verified when present.
@@ -130,6 +145,20 @@ class Handler:
         request = self.codec.decode(data, nas.secret, require_ma)
         if request.message_authenticator and self.nas_table.saw_message_authenticator(nas):
             self.on_first_ma(nas)
+        return request
+
+    def _process(
+        self,
+        kind: str,
+        nas: Nas,
+        request: Request,
+        call: AuthRequest | None,
+        cache_key: str,
+        arrival: float,
+        throttle: tuple[bool, bool] | None,
+    ) -> Outcome:
+        """Answer a decoded request; ``call`` is its authorization (None: a malformed one),
+        ``throttle`` its throttling state when already fetched."""
         profile = PROFILES.get(nas.profile, PROFILES["generic"])
         fields: dict[str, Any] = {}
         if request.code == STATUS_SERVER:
@@ -138,13 +167,13 @@ class Handler:
             fields["decision"] = "status"
         elif kind == AUTH and request.code == ACCESS_REQUEST:
             fields["packet"] = "access-request"
-            call = translate.auth_request(request, nas.id, self.rules)
-            fields.update(ani=call.calling_number, called=call.called_number)
-            if request.chap or translate.oversized(call):
-                # PAP only: a CHAP response cannot be checked against a PIN hash.
+            if call is None:
+                # CHAP (a CHAP response cannot be checked against a PIN hash: PAP only), or a
+                # number wider than a call stores.
                 result: Any = Rejected(RejectReason.MALFORMED)
             else:
-                result = self.service.authorize(call, utc_from_epoch(arrival))
+                fields.update(ani=call.calling_number, called=call.called_number)
+                result = self.service.authorize(call, utc_from_epoch(arrival), throttle)
             reply = translate.auth_reply(result, profile, self.places, self.interim_interval)
             if isinstance(result, Accepted):
                 fields.update(

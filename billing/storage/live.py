@@ -55,6 +55,12 @@ class LiveState(Protocol):
         """
         ...
 
+    def claim_and_throttle(
+        self, key: str, ttl_seconds: float, keys: tuple[str, ...], failure_key: str | None
+    ) -> tuple[tuple[bool, bytes | None], tuple[bool, bool]]:
+        """:meth:`reply_claim` and :meth:`throttle_state` in one round trip."""
+        ...
+
     def ping(self) -> bool: ...
 
 
@@ -146,6 +152,11 @@ class InProcessLiveState:
             entry = self._failures.get(failure_key)
             return locked, entry is not None and entry[0] > self._clock()
 
+    def claim_and_throttle(
+        self, key: str, ttl_seconds: float, keys: tuple[str, ...], failure_key: str | None
+    ) -> tuple[tuple[bool, bytes | None], tuple[bool, bool]]:
+        return self.reply_claim(key, ttl_seconds), self.throttle_state(keys, failure_key)
+
     def ping(self) -> bool:
         return True
 
@@ -195,6 +206,26 @@ class RedisLiveState:
         if value == PENDING:
             return False, None
         return False, value if isinstance(value, bytes) else str(value).encode()
+
+    def claim_and_throttle(
+        self, key: str, ttl_seconds: float, keys: tuple[str, ...], failure_key: str | None
+    ) -> tuple[tuple[bool, bytes | None], tuple[bool, bool]]:
+        name = self._k("reply", key)
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.set(name, PENDING, px=max(1, int(ttl_seconds * 1000)), nx=True)
+        pipe.get(name)
+        pipe.exists(*(self._k("lockout", k) for k in keys))
+        if failure_key is not None:
+            pipe.exists(self._k("fail", failure_key))
+        claimed, value, locked, *failures = pipe.execute()
+        throttle = (bool(locked), bool(failures and failures[0]))
+        if claimed:
+            return (True, None), throttle
+        if value is None:  # expired between the two commands: claim it the long way
+            return self.reply_claim(key, ttl_seconds), throttle
+        if value == PENDING:
+            return (False, None), throttle
+        return (False, value if isinstance(value, bytes) else str(value).encode()), throttle
 
     def reply_release(self, key: str) -> None:
         name = self._k("reply", key)
@@ -281,6 +312,11 @@ class FallbackLiveState:
 
     def throttle_state(self, keys: tuple[str, ...], failure_key: str | None) -> tuple[bool, bool]:
         return self._call("throttle_state", keys, failure_key)  # type: ignore[return-value]
+
+    def claim_and_throttle(
+        self, key: str, ttl_seconds: float, keys: tuple[str, ...], failure_key: str | None
+    ) -> tuple[tuple[bool, bytes | None], tuple[bool, bool]]:
+        return self._call("claim_and_throttle", key, ttl_seconds, keys, failure_key)  # type: ignore[return-value]
 
     def ping(self) -> bool:
         return self._primary.ping()

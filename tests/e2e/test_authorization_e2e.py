@@ -303,6 +303,25 @@ def test_locked_out_ani_is_refused_even_with_a_good_pin(
     assert other is not None and other.code == rp.AccessAccept
 
 
+def test_a_good_pin_clears_the_callers_failed_attempts(
+    deployment: Deployment, server: ServerProcess, nas: Radius
+) -> None:
+    cards = deployment.create_cards(3, "5.00")
+    ani = "15559990001"
+
+    def attempt(pin: str) -> int:
+        request = nas.access_request(pin, Calling_Station_Id=ani, Called_Station_Id=UK_NUMBER)
+        reply = nas.send(request, server.auth_port)
+        assert reply is not None
+        return reply.code
+
+    for card in cards[:2]:  # 4 wrong PINs, then a good one: below the limit of 5 each time
+        assert [attempt("1234567897") for _ in range(4)] == [rp.AccessReject] * 4
+        assert attempt(card["pin"]) == rp.AccessAccept
+    assert attempt("1234567897") == rp.AccessReject
+    assert attempt(cards[2]["pin"]) == rp.AccessAccept  # 9 wrong in all, yet no lockout
+
+
 def test_pyrad_client_library_interoperates(deployment: Deployment, server: ServerProcess) -> None:
     from pyrad.client import Client
 

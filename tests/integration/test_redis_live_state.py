@@ -43,7 +43,11 @@ def test_keys_expire(state: RedisLiveState, redis_url: str) -> None:
     state.reply_claim("t", 2)
     state.count_failure("ani:1555", 300)
     state.lock_out("ani:1555", 900)
-    for name in (f"{state._prefix}reply:t", f"{state._prefix}fail:ani:1555", f"{state._prefix}lockout:ani:1555"):
+    for name in (
+        f"{state._prefix}reply:t",
+        f"{state._prefix}fail:ani:1555",
+        f"{state._prefix}lockout:ani:1555",
+    ):
         ttl = client.pttl(name)
         assert ttl > 0, name
     assert client.get(f"{state._prefix}reply:t") == PENDING
@@ -75,3 +79,19 @@ def test_throttle_state_in_one_round_trip(state: RedisLiveState) -> None:
     assert state.throttle_state(("nas:9",), None) == (True, False)
     state.reset_failures("ani:1")
     assert state.throttle_state(("ani:1",), "ani:1") == (False, False)
+
+
+def test_claim_and_throttle_in_one_round_trip(state: RedisLiveState, redis_url: str) -> None:
+    other = RedisLiveState(redis_url, state._prefix)  # another server process
+    state.count_failure("ani:2", 300)
+    other.lock_out("nas:3", 60)
+    assert state.claim_and_throttle("q", 5, ("ani:2",), "ani:2") == ((True, None), (False, True))
+    assert other.claim_and_throttle("q", 5, ("ani:2", "nas:3"), None) == (
+        (False, None),
+        (True, False),
+    )
+    state.reply_put("q", b"\x02reply", 5)
+    assert other.claim_and_throttle("q", 5, ("nas:9",), "ani:9") == (
+        (False, b"\x02reply"),
+        (False, False),
+    )

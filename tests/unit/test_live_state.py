@@ -114,6 +114,15 @@ def test_throttle_state_reports_lockouts_and_counted_failures(
     assert state.throttle_state(("ani:44", "nas:1"), "ani:44") == (False, False)
 
 
+def test_claim_and_throttle_is_both_answers(state: InProcessLiveState) -> None:
+    state.lock_out("nas:1", 60)
+    assert state.claim_and_throttle("k", 30, ("ani:4", "nas:1"), "ani:4") == (
+        (True, None),
+        (True, False),
+    )
+    assert state.claim_and_throttle("k", 30, ("ani:4",), None) == ((False, None), (False, False))
+
+
 def test_lockout_can_be_extended(clock: Clock, state: InProcessLiveState) -> None:
     state.lock_out("ani:44", 100)
     clock.advance(90)
@@ -139,6 +148,7 @@ class DownRedis:
         def fail(*args: object) -> object:
             self.calls.append(name)
             raise redis.ConnectionError("connection refused")
+
         return fail
 
 
@@ -196,7 +206,6 @@ def test_fallback_prefers_the_primary_while_it_works(state: InProcessLiveState) 
     assert live.count_failure("ani:44", 300) == 42
     assert live.is_locked_out("x") is True
     assert errors == []
-
 
 
 def test_reply_claim_is_exclusive_until_answered_or_released() -> None:
