@@ -98,9 +98,12 @@ class Handler:
         self.clock: Callable[[], float] = time.time
         self.max_queue_seconds = 2.0
         self.status_text: Callable[[], str] = lambda: "Prepaid AAA is up"
+        self.last_wait = 0.0  # how long the last request taken up had waited for a thread
 
     def handle(self, kind: str, nas: Nas, data: bytes, cache_key: str, arrival: float) -> Outcome:
-        if self.clock() - arrival > self.max_queue_seconds:
+        waited = self.clock() - arrival
+        self.last_wait = waited  # read by the reactor to shed load at the door
+        if waited > self.max_queue_seconds:
             # The NAS has given up on this one (and retransmitted, or failed over): answering
             # now only delays the requests behind it. Shed load instead of falling behind.
             raise Drop("queue-timeout")
@@ -203,6 +206,29 @@ class Handler:
         return Outcome(raw, fields)
 
 
+class DropLog:
+    """At most one log line per drop reason per ``interval`` seconds; the metric counts all.
+
+    Under overload or a flood from a bad source, a line per dropped datagram would cost more
+    than the datagram and bury the log; each line logged says how many were left out before it.
+    """
+
+    def __init__(self, clock: Callable[[], float], interval: float = 1.0) -> None:
+        self._clock = clock
+        self._interval = interval
+        self._last: dict[str, tuple[float, int]] = {}
+
+    def admit(self, reason: str) -> int | None:
+        """None: leave this one out; else log it, with the number left out since the last."""
+        now = self._clock()
+        last, suppressed = self._last.get(reason, (float("-inf"), 0))
+        if now - last < self._interval:
+            self._last[reason] = (last, suppressed + 1)
+            return None
+        self._last[reason] = (now, 0)
+        return suppressed
+
+
 class RadiusServer:
     """The reactor-side controller shared by the authentication and accounting listeners."""
 
@@ -223,12 +249,35 @@ class RadiusServer:
         self.metrics = metrics
         self._in_flight: set[str] = set()
         self.max_pending = 1000  # requests queued for the worker threads, at most
+        self._drop_log = DropLog(reactor.seconds)
 
     def drop(self, kind: str, reason: str, addr: tuple[str, int], **fields: Any) -> None:
         self.metrics.drops.labels(reason).inc()
+        suppressed = self._drop_log.admit(reason)
+        if suppressed is None:
+            return
+        if suppressed:
+            fields["suppressed"] = suppressed  # drops of this reason not logged since the last
         log.warning(
             "radius.drop", listener=kind, reason=reason, src=f"{addr[0]}:{addr[1]}", **fields
         )
+
+    def overloaded(self, kind: str) -> bool:
+        """Whether to refuse a new request of ``kind`` at the door: the threads are behind.
+
+        When the last request a worker took up had already waited more than half of
+        ``max_queue_seconds``, a new one would wait about as long and most likely be shed
+        after it; refusing it here costs nothing, so the threads spend their time on requests
+        they can still answer in time. Only new calls are refused so (the NAS tries again or
+        fails over to its other server): accounting for calls already granted goes on, so the
+        work spent on their grants is not wasted and their money is settled. ``max_pending``
+        bounds the queue for both.
+        """
+        if not self._in_flight:
+            return False
+        if len(self._in_flight) >= self.max_pending:
+            return True
+        return kind == AUTH and self.handler.last_wait > self.handler.max_queue_seconds / 2
 
     def received(self, transport: Any, kind: str, data: bytes, addr: tuple[str, int]) -> None:
         arrival = self.reactor.seconds()
@@ -252,7 +301,7 @@ class RadiusServer:
         if cache_key in self._in_flight:
             self.drop(kind, "in-flight-duplicate", addr, nas=nas.name)
             return
-        if len(self._in_flight) >= self.max_pending:
+        if self.overloaded(kind):
             self.drop(kind, "overload", addr, nas=nas.name)
             return
         self._in_flight.add(cache_key)
