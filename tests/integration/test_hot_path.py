@@ -39,10 +39,12 @@ def authorize(store: Store, serial: int, nas: int | None = None) -> Accepted:
     return result
 
 
-def both_ways(store: Store, statement: object, params: dict[str, object]) -> tuple[list, list]:
+def both_ways(
+    store: Store, statement: object, params: dict[str, object], prepare: bool = True
+) -> tuple[list, list]:
     """The rows of ``statement`` on the hot path and through SQLAlchemy, in one transaction."""
     with store.db.engine.begin() as conn:
-        hot = HotConnection(conn, {}, prepare=True)
+        hot = HotConnection(conn, {}, prepare=prepare)
         fast = [tuple(row) for row in hot.execute(statement, params).all()]  # type: ignore[arg-type]
         fast_maps = [dict(row._mapping) for row in hot.execute(statement, params)]  # type: ignore[arg-type]
         slow = conn.execute(statement, params).all()  # type: ignore[call-overload]
@@ -50,7 +52,8 @@ def both_ways(store: Store, statement: object, params: dict[str, object]) -> tup
         return fast, [tuple(row) for row in slow]
 
 
-def test_rows_are_the_same_values_and_types_as_sqlalchemy(store: Store) -> None:
+@pytest.mark.parametrize("prepare", [True, False], ids=["prepared", "plain"])
+def test_rows_are_the_same_values_and_types_as_sqlalchemy(store: Store, prepare: bool) -> None:
     serial = next(serials)
     card_id = add_card(store, serial, Decimal("5.00"))
     token = authorize(store, serial).token
@@ -78,7 +81,7 @@ def test_rows_are_the_same_values_and_types_as_sqlalchemy(store: Store) -> None:
         (CALL_FOR_UPDATE, {"live_id": live_id}),
     ]
     for statement, params in cases:
-        fast, slow = both_ways(store, statement, params)
+        fast, slow = both_ways(store, statement, params, prepare)
         assert fast == slow and fast, statement
         for fast_row, slow_row in zip(fast, slow, strict=True):
             assert [type(v) for v in fast_row] == [type(v) for v in slow_row]
