@@ -211,9 +211,7 @@ app = typer.Typer(
 
 
 def _sub(name: str, help_text: str) -> typer.Typer:
-    sub = typer.Typer(
-        help=help_text, no_args_is_help=True, rich_markup_mode="markdown", name=name
-    )
+    sub = typer.Typer(help=help_text, no_args_is_help=True, rich_markup_mode="markdown", name=name)
     app.add_typer(sub, name=name)
     return sub
 
@@ -297,9 +295,7 @@ def db_upgrade(ctx: typer.Context) -> None:
 def nas_add(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="A unique name for the NAS.")],
-    address: Annotated[
-        str, typer.Option("--address", help="Source IP address or CIDR network.")
-    ],
+    address: Annotated[str, typer.Option("--address", help="Source IP address or CIDR network.")],
     secret: Annotated[str, typer.Option("--secret", help="RADIUS shared secret.")],
     profile: Annotated[
         str, typer.Option("--profile", help="Vendor profile: generic or cisco.")
@@ -364,9 +360,7 @@ def nas_remove(
 def rategroup_add(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="A unique name for the rate group.")],
-    currency: Annotated[
-        str, typer.Option("--currency", help="ISO 4217 currency code.")
-    ] = "USD",
+    currency: Annotated[str, typer.Option("--currency", help="ISO 4217 currency code.")] = "USD",
 ) -> None:
     """Create a rate group.
 
@@ -466,7 +460,8 @@ def batch_create(
     output: Annotated[
         Path,
         typer.Option(
-            "--output", help="Export CSV of serials and PINs (created, never overwritten).",
+            "--output",
+            help="Export CSV of serials and PINs (created, never overwritten).",
             dir_okay=False,
         ),
     ],
@@ -685,13 +680,9 @@ def _parse_range(text: str) -> tuple[str, str]:
     return first.strip(), last.strip()
 
 
-SerialsArg = Annotated[
-    list[str] | None, typer.Argument(help="Card serials.", show_default=False)
-]
+SerialsArg = Annotated[list[str] | None, typer.Argument(help="Card serials.", show_default=False)]
 BatchOpt = Annotated[int | None, typer.Option("--batch", help="Every card of a batch.")]
-RangeOpt = Annotated[
-    str | None, typer.Option("--range", help="Serials FIRST-LAST, inclusive.")
-]
+RangeOpt = Annotated[str | None, typer.Option("--range", help="Serials FIRST-LAST, inclusive.")]
 
 
 def _choice(
@@ -849,8 +840,12 @@ def card_history(
     rows = [_record(r) for r in history.rows]
     columns = ["created_at", "kind", "amount", "balance_after", "note"]
     emit_records(
-        rows, columns, fmt, cli.places, title=f"Ledger of card {history.serial} "
-        f"({history.currency})", empty=f"no ledger entries for card {history.serial}",
+        rows,
+        columns,
+        fmt,
+        cli.places,
+        title=f"Ledger of card {history.serial} ({history.currency})",
+        empty=f"no ledger entries for card {history.serial}",
     )
 
 
@@ -895,7 +890,11 @@ def bind_list(
     cli = _cli(ctx)
     rows = [_record(b) for b in cli.admin().bind_list(serial)]
     emit_records(
-        rows, ["serial", "ani", "created_at"], fmt, cli.places, title="Bound numbers",
+        rows,
+        ["serial", "ani", "created_at"],
+        fmt,
+        cli.places,
+        title="Bound numbers",
         empty="no bound numbers",
     )
 
@@ -1064,8 +1063,14 @@ def report_card_bill(
             places,
         )
         return
-    emit_records(rows, BILL_FIELDS, fmt, places, title=f"Calls of card {bill.serial}",
-                 empty=f"no calls for card {bill.serial}")
+    emit_records(
+        rows,
+        BILL_FIELDS,
+        fmt,
+        places,
+        title=f"Calls of card {bill.serial}",
+        empty=f"no calls for card {bill.serial}",
+    )
     if fmt == OutputFormat.TABLE:
         _say(
             f"{bill.calls} calls, {bill.total_duration_seconds} s ({bill.total_billed_seconds} s "
@@ -1117,7 +1122,11 @@ def report_bind_bill(
         )
         return
     emit_records(
-        rows, columns, fmt, places, title=f"Calls through {bill.ani}",
+        rows,
+        columns,
+        fmt,
+        places,
+        title=f"Calls through {bill.ani}",
         empty=f"no calls through {bill.ani}",
     )
     if fmt == OutputFormat.TABLE:
@@ -1249,24 +1258,51 @@ def report_liability(ctx: typer.Context, fmt: FormatOpt = OutputFormat.TABLE) ->
 SUSPICIOUS_SECTIONS = {
     "failures_by_ani": (
         "PIN failures by calling number",
-        ["source", "failures", "unknown_pin", "wrong_pin", "card_locked", "lockout", "first_at",
-         "last_at"],
+        [
+            "source",
+            "failures",
+            "unknown_pin",
+            "wrong_pin",
+            "card_locked",
+            "lockout",
+            "first_at",
+            "last_at",
+        ],
     ),
     "failures_by_nas": (
         "PIN failures by NAS",
-        ["source", "failures", "unknown_pin", "wrong_pin", "card_locked", "lockout", "first_at",
-         "last_at"],
+        [
+            "source",
+            "failures",
+            "unknown_pin",
+            "wrong_pin",
+            "card_locked",
+            "lockout",
+            "first_at",
+            "last_at",
+        ],
     ),
     "cards_many_anis": (
         "Cards used from many calling numbers",
         ["serial", "distinct_anis", "calls", "first_at", "last_at"],
     ),
-    "negative_balances": ("Cards with a negative balance", ["serial", "balance", "currency",
-                                                             "state"]),
+    "negative_balances": (
+        "Cards with a negative balance",
+        ["serial", "balance", "currency", "state"],
+    ),
     "over_grant_calls": (
         "Calls longer than granted",
-        ["serial", "nas", "started_at", "calling_number", "called_number", "duration_seconds",
-         "granted_seconds", "cost", "close_reason"],
+        [
+            "serial",
+            "nas",
+            "started_at",
+            "calling_number",
+            "called_number",
+            "duration_seconds",
+            "granted_seconds",
+            "cost",
+            "close_reason",
+        ],
     ),
 }
 
@@ -1279,17 +1315,30 @@ def _suspicious_flat(name: str, item: Any) -> dict[str, Any]:
             f"unknown-pin {item.unknown_pin}, wrong-pin {item.wrong_pin}, "
             f"card-locked {item.card_locked}, lockout {item.lockout}"
         )
-        row.update(subject=item.source, count=item.failures, first_at=item.first_at,
-                   last_at=item.last_at, detail=detail)
+        row.update(
+            subject=item.source,
+            count=item.failures,
+            first_at=item.first_at,
+            last_at=item.last_at,
+            detail=detail,
+        )
     elif name == "cards_many_anis":
-        row.update(subject=item.serial, count=item.distinct_anis, first_at=item.first_at,
-                   last_at=item.last_at, detail=f"{item.calls} calls")
+        row.update(
+            subject=item.serial,
+            count=item.distinct_anis,
+            first_at=item.first_at,
+            last_at=item.last_at,
+            detail=f"{item.calls} calls",
+        )
     elif name == "negative_balances":
-        row.update(subject=item.serial, amount=item.balance, currency=item.currency,
-                   detail=item.state)
+        row.update(
+            subject=item.serial, amount=item.balance, currency=item.currency, detail=item.state
+        )
     else:
         row.update(
-            subject=item.serial, count=item.duration_seconds, amount=item.cost,
+            subject=item.serial,
+            count=item.duration_seconds,
+            amount=item.cost,
             first_at=item.started_at,
             detail=f"{item.calling_number} -> {item.called_number}, granted "
             f"{item.granted_seconds} s, {item.close_reason}, NAS {item.nas or '-'}",
@@ -1337,8 +1386,7 @@ def report_suspicious(
                 "min_failures": found.min_failures,
                 "ani_threshold": found.ani_threshold,
                 **{
-                    name: [_record(x) for x in getattr(found, name)]
-                    for name in SUSPICIOUS_SECTIONS
+                    name: [_record(x) for x in getattr(found, name)] for name in SUSPICIOUS_SECTIONS
                 },
             },
             fmt,
@@ -1346,12 +1394,18 @@ def report_suspicious(
         )
         return
     if fmt == OutputFormat.CSV:
-        columns = ["section", "subject", "count", "amount", "currency", "first_at", "last_at",
-                   "detail"]
+        columns = [
+            "section",
+            "subject",
+            "count",
+            "amount",
+            "currency",
+            "first_at",
+            "last_at",
+            "detail",
+        ]
         flat = [
-            _suspicious_flat(name, x)
-            for name in SUSPICIOUS_SECTIONS
-            for x in getattr(found, name)
+            _suspicious_flat(name, x) for name in SUSPICIOUS_SECTIONS for x in getattr(found, name)
         ]
         emit_records(flat, columns, fmt, places)
         return

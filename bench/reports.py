@@ -150,9 +150,7 @@ def load(conn: Any, cards: int, cdrs: int, now: datetime) -> dict[str, float]:
         "CREATE TEMP TABLE bench_batches (id int, card_type text, face numeric, grp int, "
         "first_card bigint, last_card bigint)"
     )
-    cur.executemany(
-        "INSERT INTO bench_batches VALUES (%s, %s, %s, %s, %s, %s)", batch_rows
-    )
+    cur.executemany("INSERT INTO bench_batches VALUES (%s, %s, %s, %s, %s, %s)", batch_rows)
     timings["nas, rate group, batches"] += time.perf_counter() - began
 
     # Cards: states by a random draw; balances below face for used cards, a few negative.

@@ -100,8 +100,9 @@ def _rate(row: dict[str, str], places: int) -> Rate:
 
 def _check_header(header: list[str] | None) -> list[str]:
     if header is None:
-        raise RatesheetError("line 1: the rate sheet is empty (expected a header: "
-                             + ",".join(COLUMNS) + ")")
+        raise RatesheetError(
+            "line 1: the rate sheet is empty (expected a header: " + ",".join(COLUMNS) + ")"
+        )
     names = [name.strip().lower() for name in header]
     missing = [c for c in COLUMNS if c not in names]
     unknown = [n for n in names if n not in COLUMNS]
@@ -144,8 +145,7 @@ def parse_rates_csv(text: str, places: int = DEFAULT_PLACES) -> list[Rate]:
                 raise RatesheetError(f"line {line}: {exc}") from None
             if rate.prefix in seen:
                 raise RatesheetError(
-                    f"line {line}: prefix {rate.prefix} already appears on line "
-                    f"{seen[rate.prefix]}"
+                    f"line {line}: prefix {rate.prefix} already appears on line {seen[rate.prefix]}"
                 )
             seen[rate.prefix] = line
             rates.append(rate)

@@ -123,9 +123,7 @@ class Deployment:
         self.env.update(env)
         self.servers: list[ServerProcess] = []
 
-    def ctl(
-        self, *args: str, check: bool = True, env: dict[str, str] | None = None
-    ) -> CliResult:
+    def ctl(self, *args: str, check: bool = True, env: dict[str, str] | None = None) -> CliResult:
         """Run ``prepaidctl`` with this deployment's environment.
 
         In-process through the CLI's own entry point (typer's runner): the same code, output and

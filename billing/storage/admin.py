@@ -966,9 +966,7 @@ class Admin:
                 .group_by(RateGroup.id)
                 .order_by(RateGroup.name)
             ).all()
-            return [
-                RateGroupInfo(g.id, g.name, g.currency, int(n), g.created_at) for g, n in rows
-            ]
+            return [RateGroupInfo(g.id, g.name, g.currency, int(n), g.created_at) for g, n in rows]
 
     @staticmethod
     def _group(s: Session, name: str) -> RateGroup:
@@ -1471,9 +1469,7 @@ class Admin:
                         update(Card)
                         .where(condition)
                         .where(Card.locked.is_(True))
-                        .where(
-                            Card.lock_reason.is_(None) | (Card.lock_reason != TRANSFERRED)
-                        )
+                        .where(Card.lock_reason.is_(None) | (Card.lock_reason != TRANSFERRED))
                         .values(locked=False, lock_reason=None, failed_pin_count=0)
                         .execution_options(synchronize_session=False)
                     )
@@ -1598,10 +1594,7 @@ class Admin:
             cards = {
                 c.serial: c
                 for c in s.scalars(
-                    select(Card)
-                    .where(Card.serial.in_((a, b)))
-                    .order_by(Card.id)
-                    .with_for_update()
+                    select(Card).where(Card.serial.in_((a, b))).order_by(Card.id).with_for_update()
                 )
             }
             for number in (a, b):
@@ -1761,9 +1754,7 @@ class Admin:
             if batch is None:
                 raise AdminError(f"no batch with id {batch_id}")
             group_name = s.scalar(select(RateGroup.name).where(RateGroup.id == batch.rate_group_id))
-            effective = case(
-                (Card.locked.is_(True), literal("locked", String())), else_=Card.state
-            )
+            effective = case((Card.locked.is_(True), literal("locked", String())), else_=Card.state)
             counts: dict[str, int] = {
                 state: int(n)
                 for state, n in s.execute(

@@ -145,9 +145,7 @@ def _forfeit(
                 n, by_currency = _forfeit_chunk(s, chosen, due, now, places)
                 forfeited += n
                 for currency, amount in by_currency.items():
-                    amounts[currency] = round_money(
-                        amounts.get(currency, ZERO) + amount, places
-                    )
+                    amounts[currency] = round_money(amounts.get(currency, ZERO) + amount, places)
     return forfeited, amounts, skipped
 
 

@@ -14,10 +14,11 @@ Revision ID: 0003
 Revises: 0002
 Create Date: 2026-11-27
 """
+
 from alembic import op
 
-revision = '0003'
-down_revision = '0002'
+revision = "0003"
+down_revision = "0002"
 branch_labels = None
 depends_on = None
 

@@ -29,10 +29,18 @@ def call(deployment: Deployment, server: ServerProcess, *args: str) -> list[dict
     return json.loads(out.stdout)
 
 
-def test_prepaidctl_call_plays_and_bills_a_whole_call(deployment: Deployment, server: ServerProcess) -> None:
+def test_prepaidctl_call_plays_and_bills_a_whole_call(
+    deployment: Deployment, server: ServerProcess
+) -> None:
     card = deployment.create_cards(1, "5.00")[0]
-    steps = call(deployment, server, "--pin", card["pin"], "--to", "441234567890", "--seconds", "125")
-    assert [s["answer"] for s in steps] == ["Access-Accept", "Accounting-Response", "Accounting-Response"]
+    steps = call(
+        deployment, server, "--pin", card["pin"], "--to", "441234567890", "--seconds", "125"
+    )
+    assert [s["answer"] for s in steps] == [
+        "Access-Accept",
+        "Accounting-Response",
+        "Accounting-Response",
+    ]
     assert "Session-Timeout=4242" in steps[0]["details"]
     assert deployment.ctl_json("card", "show", card["serial"])["balance"] == "4.8030"
     bill = deployment.ctl_json("report", "card-bill", card["serial"])
@@ -47,9 +55,15 @@ def test_prepaidctl_call_shows_a_rejection(deployment: Deployment, server: Serve
     assert "h323-return-code=1" in steps[0]["details"]
 
 
-def test_prepaidctl_call_without_a_server_is_one_line_error(deployment: Deployment, server: ServerProcess) -> None:
+def test_prepaidctl_call_without_a_server_is_one_line_error(
+    deployment: Deployment, server: ServerProcess
+) -> None:
     result = deployment.ctl_process(
-        "call", "--pin", "1234567897", "--to", "441234567890",
+        "call",
+        "--pin",
+        "1234567897",
+        "--to",
+        "441234567890",
         env={"PREPAID_RADIUS_AUTH_PORT": "9", "PREPAID_RADIUS_ACCT_PORT": "9"},
     )
     assert result.returncode == 1
@@ -57,7 +71,9 @@ def test_prepaidctl_call_without_a_server_is_one_line_error(deployment: Deployme
     assert "Traceback" not in result.stderr
 
 
-def test_metrics_endpoint_counts_requests_and_drops(deployment: Deployment, server: ServerProcess) -> None:
+def test_metrics_endpoint_counts_requests_and_drops(
+    deployment: Deployment, server: ServerProcess
+) -> None:
     card = deployment.create_cards(1, "5.00")[0]
     call(deployment, server, "--pin", card["pin"], "--to", "441234567890", "--seconds", "30")
     nas = Radius()
@@ -65,7 +81,9 @@ def test_metrics_endpoint_counts_requests_and_drops(deployment: Deployment, serv
     nas.close()
     server.wait_for("radius.drop", reason="short-packet")
     assert server.metrics_port
-    with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5) as resp:
+    with urllib.request.urlopen(
+        f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5
+    ) as resp:
         body = resp.read().decode()
     assert 'prepaid_radius_requests_total{kind="auth",result="accept"}' in body
     assert 'prepaid_radius_requests_total{kind="acct",result="ack"}' in body
@@ -96,8 +114,12 @@ def test_server_exits_with_a_clear_error_when_its_port_is_taken(deployment: Depl
     try:
         env = dict(deployment.env, PREPAID_RADIUS_AUTH_PORT=str(taken.getsockname()[1]))
         proc = subprocess.run(
-            [str(BIN / "prepaid-radiusd")], env=env, cwd=deployment.dir,
-            capture_output=True, text=True, timeout=30,
+            [str(BIN / "prepaid-radiusd")],
+            env=env,
+            cwd=deployment.dir,
+            capture_output=True,
+            text=True,
+            timeout=30,
         )
     finally:
         taken.close()

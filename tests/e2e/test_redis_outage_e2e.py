@@ -45,9 +45,21 @@ class PrivateRedis:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.dir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.dir),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -91,13 +103,19 @@ def setup(
 
 
 def full_call(nas: Radius, server: ServerProcess, pin: str, seconds: int) -> rp.Packet:
-    reply = nas.send(nas.access_request(pin, Called_Station_Id=UK_NUMBER), server.auth_port, timeout=5)
+    reply = nas.send(
+        nas.access_request(pin, Called_Station_Id=UK_NUMBER), server.auth_port, timeout=5
+    )
     assert reply is not None, "no answer to an Access-Request"
     if reply.code != rp.AccessAccept:
         return reply
     base = {"Acct_Session_Id": uuid.uuid4().hex, "Class": reply["Class"][0]}
     for status, extra in (("Start", {}), ("Stop", {"Acct_Session_Time": seconds})):
-        ack = nas.send(nas.accounting_request(Acct_Status_Type=status, **base, **extra), server.acct_port, timeout=5)
+        ack = nas.send(
+            nas.accounting_request(Acct_Status_Type=status, **base, **extra),
+            server.acct_port,
+            timeout=5,
+        )
         assert ack is not None and ack.code == rp.AccountingResponse
     return reply
 
@@ -115,9 +133,17 @@ def test_calls_go_on_through_a_redis_outage_and_an_empty_restart(
         assert full_call(nas, server, card["pin"], 125).code == rp.AccessAccept
         server.wait_for("redis.unavailable")
         # a reserved call is still exclusive with Redis down: Max Calls 1 holds
-        granted = nas.send(nas.access_request(card["pin"], Called_Station_Id=UK_NUMBER), server.auth_port, timeout=5)
+        granted = nas.send(
+            nas.access_request(card["pin"], Called_Station_Id=UK_NUMBER),
+            server.auth_port,
+            timeout=5,
+        )
         assert granted is not None and granted.code == rp.AccessAccept
-        second = nas.send(nas.access_request(card["pin"], Called_Station_Id=UK_NUMBER), server.auth_port, timeout=5)
+        second = nas.send(
+            nas.access_request(card["pin"], Called_Station_Id=UK_NUMBER),
+            server.auth_port,
+            timeout=5,
+        )
         assert second is not None and second.code == rp.AccessReject
         base = {"Acct_Session_Id": uuid.uuid4().hex, "Class": granted["Class"][0]}
         stop = nas.accounting_request(Acct_Status_Type="Stop", Acct_Session_Time=125, **base)
@@ -139,7 +165,9 @@ def test_calls_go_on_through_a_redis_outage_and_an_empty_restart(
     assert [r["cost"] for r in bill["rows"]] == ["0.1970"] * 4
     import urllib.request
 
-    with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5) as resp:
+    with urllib.request.urlopen(
+        f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5
+    ) as resp:
         body = resp.read().decode()
     assert 'prepaid_backend_errors_total{backend="redis"}' in body
 
@@ -160,8 +188,14 @@ def test_workers_share_the_ports_and_stop_together(
         PREPAID_RADIUS_AUTH_PORT=str(auth),
         PREPAID_RADIUS_ACCT_PORT=str(acct),
     )
-    proc = subprocess.Popen([str(BIN / "prepaid-radiusd")], env=env, cwd=dep.dir,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [str(BIN / "prepaid-radiusd")],
+        env=env,
+        cwd=dep.dir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         listening = 0
         assert proc.stdout is not None
@@ -170,29 +204,51 @@ def test_workers_share_the_ports_and_stop_together(
             line = proc.stdout.readline()
             listening += '"server.listening"' in line
         assert listening == 2, "two workers must come up"
-        children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        children = subprocess.run(
+            ["pgrep", "-P", str(proc.pid)], capture_output=True, text=True
+        ).stdout.split()
         assert len(children) == 2
         cards = dep.create_cards(4, "5.00")
         answered = 0
         for c in cards:  # new sockets: the kernel spreads them over the workers
             nas = Radius()
-            reply = nas.send(nas.access_request(c["pin"], Called_Station_Id=UK_NUMBER), auth, timeout=5)
+            reply = nas.send(
+                nas.access_request(c["pin"], Called_Station_Id=UK_NUMBER), auth, timeout=5
+            )
             nas.close()
             answered += reply is not None and reply.code == rp.AccessAccept
         assert answered == len(cards)
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0
-    assert all(subprocess.run(["kill", "-0", pid], capture_output=True).returncode != 0 for pid in children)
+    assert all(
+        subprocess.run(["kill", "-0", pid], capture_output=True).returncode != 0 for pid in children
+    )
 
 
-def test_workers_refuse_to_start_without_redis(setup: tuple[Deployment, ServerProcess, PrivateRedis]) -> None:
+def test_workers_refuse_to_start_without_redis(
+    setup: tuple[Deployment, ServerProcess, PrivateRedis],
+) -> None:
     from support import BIN
 
     dep, _, _ = setup
-    env = dict(dep.env, PREPAID_SERVER_WORKERS="2", PREPAID_REDIS_URL="",
-               PREPAID_RADIUS_AUTH_PORT=str(free_port()), PREPAID_RADIUS_ACCT_PORT=str(free_port()))
-    proc = subprocess.run([str(BIN / "prepaid-radiusd")], env=env, cwd=dep.dir,
-                          capture_output=True, text=True, timeout=30)
+    env = dict(
+        dep.env,
+        PREPAID_SERVER_WORKERS="2",
+        PREPAID_REDIS_URL="",
+        PREPAID_RADIUS_AUTH_PORT=str(free_port()),
+        PREPAID_RADIUS_ACCT_PORT=str(free_port()),
+    )
+    proc = subprocess.run(
+        [str(BIN / "prepaid-radiusd")],
+        env=env,
+        cwd=dep.dir,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert proc.returncode == 2
-    assert proc.stderr.strip() == "error: workers > 1 needs [redis] url: processes must share live state"
+    assert (
+        proc.stderr.strip()
+        == "error: workers > 1 needs [redis] url: processes must share live state"
+    )

@@ -110,17 +110,25 @@ class Nas:
 def storm(nas: Nas, pins: list[str], calls: list[tuple[str, int]], lock: threading.Lock) -> None:
     for _ in range(CALLS_PER_THREAD):
         pin = nas.rng.choice(pins)
-        auth = nas.radius.access_request(pin, Called_Station_Id=UK_NUMBER, Calling_Station_Id="15551230000")
+        auth = nas.radius.access_request(
+            pin, Called_Station_Id=UK_NUMBER, Calling_Station_Id="15551230000"
+        )
         reply = nas.exchange(auth, acct=False)
         assert reply is not None, "the pair must answer every Access-Request"
         if reply.code != rp.AccessAccept:
             continue
         granted = int(reply["Session-Timeout"][0])
         session = uuid.uuid4().hex
-        base = {"Acct_Session_Id": session, "Class": reply["Class"][0], "Called_Station_Id": UK_NUMBER}
+        base = {
+            "Acct_Session_Id": session,
+            "Class": reply["Class"][0],
+            "Called_Station_Id": UK_NUMBER,
+        }
         start = nas.radius.accounting_request(Acct_Status_Type="Start", **base)
         assert nas.exchange(start, acct=True) is not None
-        stop = nas.radius.accounting_request(Acct_Status_Type="Stop", Acct_Session_Time=granted, **base)
+        stop = nas.radius.accounting_request(
+            Acct_Status_Type="Stop", Acct_Session_Time=granted, **base
+        )
         assert nas.exchange(stop, acct=True) is not None
         again = nas.radius.accounting_request(
             Acct_Status_Type="Stop", Acct_Session_Time=granted, Acct_Delay_Time=5, **base

@@ -46,11 +46,14 @@ HEADER = (
     "prefix,description,price_per_minute,connection_fee,first_increment,next_increment,"
     "grace_seconds"
 )
-RATES = HEADER + """
+RATES = (
+    HEADER
+    + """
 44,United Kingdom,0.07,0.05,30,6,0
 4420,London,0.05,0.05,30,6,0
 1,NANP,0.02,0,60,60,0
 """
+)
 UK = "447700900123"  # 0.07/min, fee 0.05, 30/6: a 125 s call costs 0.1970
 
 
@@ -201,17 +204,24 @@ class Ctl:
         return int(self.scalar("SELECT id FROM nas_clients WHERE name = :n", n=name))
 
     def authorize(
-        self, nas_id: int, now: datetime, *, pin: str = "", calling: str = "", called: str = UK,
+        self,
+        nas_id: int,
+        now: datetime,
+        *,
+        pin: str = "",
+        calling: str = "",
+        called: str = UK,
         password: str | None = None,
     ) -> Any:
-        return self.store.authorize(
-            AuthRequest(nas_id, pin, password, calling, called), now
-        )
+        return self.store.authorize(AuthRequest(nas_id, pin, password, calling, called), now)
 
     def stop(self, nas_id: int, token: str, at: datetime, seconds: int) -> Any:
         return self.store.account(
             AcctEvent(
-                nas_id, AcctStatus.STOP, at, token=token,
+                nas_id,
+                AcctStatus.STOP,
+                at,
+                token=token,
                 acct_session_id=f"s{next(self._calls)}-{uuid.uuid4().hex[:6]}",
                 session_seconds=seconds,
             ),
@@ -219,7 +229,13 @@ class Ctl:
         )
 
     def call(
-        self, nas_id: int, now: datetime, seconds: int, *, pin: str = "", calling: str = "",
+        self,
+        nas_id: int,
+        now: datetime,
+        seconds: int,
+        *,
+        pin: str = "",
+        calling: str = "",
         called: str = UK,
     ) -> Decimal:
         """A whole call through the real billing path: authorize, then Stop. Returns its cost."""
@@ -291,8 +307,19 @@ def make_batch(
     group = group or make_group(ctl, tmp_path)
     out = tmp_path / f"{unique('batch')}.csv"
     data = ctl.json(
-        "batch", "create", "--rate-group", group, "--type", card_type, "--value", value,
-        "--count", str(count), *extra, "--output", str(out),
+        "batch",
+        "create",
+        "--rate-group",
+        group,
+        "--type",
+        card_type,
+        "--value",
+        value,
+        "--count",
+        str(count),
+        *extra,
+        "--output",
+        str(out),
     )
     if activate:
         ctl("card", "activate", "--batch", str(data["id"]))

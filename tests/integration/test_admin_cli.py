@@ -23,12 +23,15 @@ from sqlalchemy.engine import make_url
 
 from billing.pins import luhn_valid, pin_hash
 
-RATES = HEADER + """
+RATES = (
+    HEADER
+    + """
 44,United Kingdom,0.07,0.05,30,6,0
 4420,London,0.05,0.05,30,6,0
 442079,London central,0.04,0,60,60,0
 1,NANP,0.02,0,60,60,0
 """
+)
 
 
 # ---------------------------------------------------------------------------------- fixtures
@@ -40,9 +43,7 @@ def cli_backend(
 
 
 @pytest.fixture(scope="module")
-def make_ctl(
-    cli_backend: Backend, tmp_path_factory: pytest.TempPathFactory
-) -> Callable[[], Ctl]:
+def make_ctl(cli_backend: Backend, tmp_path_factory: pytest.TempPathFactory) -> Callable[[], Ctl]:
     def make() -> Ctl:
         return Ctl(cli_backend.new_database(), tmp_path_factory.mktemp("state"))
 
@@ -144,8 +145,15 @@ def test_nas_bad_profile_and_policy(ctl: Ctl) -> None:
         "nas", "add", unique("gw"), "--address", "10.3.0.1", "--secret", "x", "--profile", "acme"
     )
     assert "require_message_authenticator" in ctl.error(
-        "nas", "add", unique("gw"), "--address", "10.3.0.2", "--secret", "x",
-        "--require-message-authenticator", "maybe",
+        "nas",
+        "add",
+        unique("gw"),
+        "--address",
+        "10.3.0.2",
+        "--secret",
+        "x",
+        "--require-message-authenticator",
+        "maybe",
     )
 
 
@@ -153,9 +161,22 @@ def test_bad_cidr_in_a_real_process_has_no_traceback(ctl: Ctl) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREPAID_")}
     env.update({k: v for k, v in ctl.env.items() if v is not None})
     proc = subprocess.run(
-        [sys.executable, "-m", "admin_cli.main", "nas", "add", "x", "--address", "1.2.3.4/40",
-         "--secret", "s"],
-        capture_output=True, text=True, env=env, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "admin_cli.main",
+            "nas",
+            "add",
+            "x",
+            "--address",
+            "1.2.3.4/40",
+            "--secret",
+            "s",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
     )
     assert proc.returncode == 1
     assert proc.stderr.strip().count("\n") == 0
@@ -281,8 +302,20 @@ def test_batch_create_export_pins_and_hashes(ctl: Ctl, tmp_path: Path) -> None:
 def test_batch_create_stdout_never_shows_pins(ctl: Ctl, tmp_path: Path) -> None:
     group = make_group(ctl, tmp_path)
     out = tmp_path / "b.csv"
-    result = ctl("batch", "create", "--rate-group", group, "--type", "standard", "--value", "2",
-                 "--count", "3", "--output", str(out))
+    result = ctl(
+        "batch",
+        "create",
+        "--rate-group",
+        group,
+        "--type",
+        "standard",
+        "--value",
+        "2",
+        "--count",
+        "3",
+        "--output",
+        str(out),
+    )
     assert "serials" in result.stdout
     for row in read_export(out):
         assert row["pin"] not in result.output
@@ -298,13 +331,33 @@ def test_batch_create_refuses_existing_output_and_bad_input(ctl: Ctl, tmp_path: 
 
     fresh = tmp_path / "never.csv"
     assert "no rate group" in ctl.error(
-        "batch", "create", "--rate-group", unique("x"), "--type", "standard", "--value", "5",
-        "--count", "2", "--output", str(fresh),
+        "batch",
+        "create",
+        "--rate-group",
+        unique("x"),
+        "--type",
+        "standard",
+        "--value",
+        "5",
+        "--count",
+        "2",
+        "--output",
+        str(fresh),
     )
     assert not fresh.exists()
     assert "card type" in ctl.error(
-        "batch", "create", "--rate-group", group, "--type", "gold", "--value", "5", "--count", "2",
-        "--output", str(fresh),
+        "batch",
+        "create",
+        "--rate-group",
+        group,
+        "--type",
+        "gold",
+        "--value",
+        "5",
+        "--count",
+        "2",
+        "--output",
+        str(fresh),
     )
     two = ["--count", "2", "--output", str(fresh)]
     assert "decimal places" in ctl.error(*base[:-1], "5.123456", *two)
@@ -395,8 +448,20 @@ def test_recharge(ctl: Ctl, tmp_path: Path) -> None:
     rech, _ = make_batch(ctl, tmp_path, count=1)
     group = rech["rate_group"]  # type: ignore[index]
     out = tmp_path / "r.csv"
-    data = ctl.json("batch", "create", "--rate-group", group, "--type", "rechargeable",
-                    "--value", "5", "--count", "1", "--output", str(out))
+    data = ctl.json(
+        "batch",
+        "create",
+        "--rate-group",
+        group,
+        "--type",
+        "rechargeable",
+        "--value",
+        "5",
+        "--count",
+        "1",
+        "--output",
+        str(out),
+    )
     serial = data["first_serial"]  # type: ignore[index]
     assert "balance 15.5000" in ctl("card", "recharge", serial, "10.50").stdout
     assert ctl.json("card", "show", serial)["balance"] == "15.5000"  # type: ignore[index]

@@ -108,13 +108,21 @@ def test_chunked_batch_rows(ctl: Ctl, tmp_path: Path) -> None:
         for c in cards:
             assert c.pin_hash == pin_hash(KEY, by_serial[str(c.serial)])
             assert (c.card_type, c.state, c.locked, c.lock_reason) == (
-                "rechargeable", "inactive", False, None,
+                "rechargeable",
+                "inactive",
+                False,
+                None,
             )
             assert (c.balance, c.currency, c.rate_group_id) == (
-                Decimal("7.25"), "USD", stored.rate_group_id,
+                Decimal("7.25"),
+                "USD",
+                stored.rate_group_id,
             )
             assert (c.max_calls, c.activation_mode, c.validity_days, c.grace_days) == (
-                2, "first-use", 30, 3,
+                2,
+                "first-use",
+                30,
+                3,
             )
             assert c.expires_at == datetime.fromisoformat("2099-12-31T23:59:59")
             assert (c.activated_at, c.first_used_at, c.failed_pin_count) == (None, None, 0)
@@ -129,7 +137,12 @@ def test_chunked_batch_rows(ctl: Ctl, tmp_path: Path) -> None:
         assert sorted(e.card_id for e in entries) == sorted(c.id for c in cards)
         for e in entries:
             assert (e.kind, e.amount, e.balance_after, e.cdr_id, e.note, e.created_at) == (
-                "creation", Decimal("7.25"), Decimal("7.25"), None, "", NOW,
+                "creation",
+                Decimal("7.25"),
+                Decimal("7.25"),
+                None,
+                "",
+                NOW,
             )
 
 
@@ -141,8 +154,9 @@ def test_no_expiry_and_zero_value(ctl: Ctl, tmp_path: Path) -> None:
     )
     with ctl.db.transaction() as s:
         rows = s.execute(
-            select(Card.balance, Card.expires_at, Card.validity_days)
-            .where(Card.batch_id == batch.id)
+            select(Card.balance, Card.expires_at, Card.validity_days).where(
+                Card.batch_id == batch.id
+            )
         ).all()
         assert rows == [(Decimal("0"), None, 30)] * 10
         amounts = s.scalars(
@@ -192,22 +206,16 @@ def test_issued_pins_are_never_issued_again(
 def test_failure_rolls_back_the_whole_batch(ctl: Ctl, tmp_path: Path) -> None:
     group = make_group(ctl, tmp_path)
     with ctl.db.transaction() as s:
-        before = [
-            s.scalar(select(func.count()).select_from(t)) for t in (Batch, Card, LedgerEntry)
-        ]
+        before = [s.scalar(select(func.count()).select_from(t)) for t in (Batch, Card, LedgerEntry)]
     with pytest.raises(OSError, match="disk full"):
         create(ctl, group, 30, Sink(fail_on_chunk=3))
     with ctl.db.transaction() as s:
-        after = [
-            s.scalar(select(func.count()).select_from(t)) for t in (Batch, Card, LedgerEntry)
-        ]
+        after = [s.scalar(select(func.count()).select_from(t)) for t in (Batch, Card, LedgerEntry)]
     assert after == before
     # and the next batch takes the serials the failed one would have had
     batch = create(ctl, group, 3, Sink())
     with ctl.db.transaction() as s:
-        highest_before = s.scalar(
-            select(func.max(Card.serial)).where(Card.batch_id != batch.id)
-        )
+        highest_before = s.scalar(select(func.max(Card.serial)).where(Card.batch_id != batch.id))
     assert int(batch.first_serial) == (highest_before or 1_000_000_000) + 1
 
 

@@ -86,9 +86,16 @@ def test_every_command_has_help_with_an_example(tmp_path: Path) -> None:
     ctl = Ctl(f"sqlite:///{tmp_path / 'unused.sqlite3'}", tmp_path)  # --help opens no database
     commands = _leaf_commands()
     for expected in (
-        ["card", "transfer"], ["card", "history"], ["batch", "list"], ["batch", "show"],
-        ["expire", "run"], ["report", "bind-bill"], ["report", "status"],
-        ["report", "revenue"], ["report", "liability"], ["report", "suspicious"],
+        ["card", "transfer"],
+        ["card", "history"],
+        ["batch", "list"],
+        ["batch", "show"],
+        ["expire", "run"],
+        ["report", "bind-bill"],
+        ["report", "status"],
+        ["report", "revenue"],
+        ["report", "liability"],
+        ["report", "suspicious"],
     ):
         assert expected in commands
     missing = []
@@ -155,8 +162,13 @@ def test_bulk_lock_and_unlock(ctl: Ctl, tmp_path: Path) -> None:
 def test_recharge_extends_validity(ctl: Ctl, tmp_path: Path) -> None:
     group = make_group(ctl, tmp_path)
     dated, _ = make_batch(
-        ctl, tmp_path, "--expires-on", day(30).isoformat(), count=1,
-        card_type="rechargeable", group=group,
+        ctl,
+        tmp_path,
+        "--expires-on",
+        day(30).isoformat(),
+        count=1,
+        card_type="rechargeable",
+        group=group,
     )
     serial = dated["first_serial"]
     before = card(ctl, serial)["expires_at"]
@@ -181,13 +193,20 @@ def test_recharge_extends_validity(ctl: Ctl, tmp_path: Path) -> None:
     assert card(ctl, forever["first_serial"])["balance"] == "5.0000"
 
 
-def test_recharge_in_grace_reactivates_and_after_grace_is_refused(
-    ctl: Ctl, tmp_path: Path
-) -> None:
+def test_recharge_in_grace_reactivates_and_after_grace_is_refused(ctl: Ctl, tmp_path: Path) -> None:
     group = make_group(ctl, tmp_path)
     batch, rows = make_batch(
-        ctl, tmp_path, "--expires-on", day(1).isoformat(), "--grace-days", "5",
-        "--validity-days", "30", count=3, card_type="rechargeable", group=group,
+        ctl,
+        tmp_path,
+        "--expires-on",
+        day(1).isoformat(),
+        "--grace-days",
+        "5",
+        "--validity-days",
+        "30",
+        count=3,
+        card_type="rechargeable",
+        group=group,
     )
     a, b, c = (r["serial"] for r in rows)
     ctl("expire", "run", "--now", at(3))
@@ -221,7 +240,8 @@ def test_recharge_in_grace_reactivates_and_after_grace_is_refused(
     # the CLI, with the real clock: a card expired yesterday, 5 days of grace
     ctl.execute(
         "UPDATE cards SET expires_at = :t, state = 'expired' WHERE serial = :s",
-        t=now_utc() - timedelta(days=1), s=int(a),
+        t=now_utc() - timedelta(days=1),
+        s=int(a),
     )
     out = ctl("card", "recharge", a, "1.00").stdout
     assert "reactivated" in out and "balance 9.0000" in out
@@ -229,14 +249,22 @@ def test_recharge_in_grace_reactivates_and_after_grace_is_refused(
     assert card(ctl, a)["expires_at"] > now_utc().isoformat()
     ctl.execute(
         "UPDATE cards SET expires_at = :t, state = 'expired' WHERE serial = :s",
-        t=now_utc() - timedelta(days=6), s=int(a),
+        t=now_utc() - timedelta(days=6),
+        s=int(a),
     )
     assert "forfeited" in ctl.error("card", "recharge", a, "1.00")
 
     # an expired card without validity days needs --extend-days
     nodays, rows = make_batch(
-        ctl, tmp_path, "--expires-on", day(1).isoformat(), "--grace-days", "5", count=1,
-        card_type="rechargeable", group=group,
+        ctl,
+        tmp_path,
+        "--expires-on",
+        day(1).isoformat(),
+        "--grace-days",
+        "5",
+        count=1,
+        card_type="rechargeable",
+        group=group,
     )
     run_expiry(ctl.db, datetime.fromisoformat(at(3)))
     with pytest.raises(AdminError, match="--extend-days"):
@@ -261,11 +289,15 @@ def test_transfer_moves_the_balance_with_two_ledger_entries(ctl: Ctl, tmp_path: 
     assert old["stored_state"] == "retired"
     assert new["balance"] == "9.8030" and new["state"] == "active"
     assert [(e["kind"], e["amount"], e["balance_after"]) for e in ledger(ctl, lost)][-1] == (
-        "transfer", "-4.8030", "0.0000"
+        "transfer",
+        "-4.8030",
+        "0.0000",
     )
     entry = ledger(ctl, spare)[-1]
     assert (entry["kind"], entry["amount"], entry["balance_after"]) == (
-        "transfer", "4.8030", "9.8030"
+        "transfer",
+        "4.8030",
+        "9.8030",
     )
     assert entry["note"] == f"from card {lost}"
 
@@ -288,8 +320,11 @@ def test_transfer_moves_the_balance_with_two_ledger_entries(ctl: Ctl, tmp_path: 
     expired, ex_rows = make_batch(
         ctl, tmp_path, "--expires-on", day(0).isoformat(), count=1, group=group
     )
-    ctl.execute("UPDATE cards SET expires_at = :t WHERE serial = :s",
-                t=now_utc() - timedelta(hours=1), s=int(ex_rows[0]["serial"]))
+    ctl.execute(
+        "UPDATE cards SET expires_at = :t WHERE serial = :s",
+        t=now_utc() - timedelta(hours=1),
+        s=int(ex_rows[0]["serial"]),
+    )
     assert "expired" in ctl.error("card", "transfer", spare, ex_rows[0]["serial"])
     # the ledger still adds up on every card involved
     for serial in (lost, spare, busy, in_rows[0]["serial"]):
@@ -389,9 +424,7 @@ def test_expire_run_expires_forfeits_and_is_idempotent(
     assert card(ctl, g_rows[1]["serial"])["balance"] == "5.0000"
     ctl.stop(nas, granted.token, now_utc(), 0)
     data = ctl.json("expire", "run", "--now", at(13))
-    assert (data["expired"], data["forfeited"], data["forfeited_amount"]) == (
-        0, 1, "5.0000 USD"
-    )
+    assert (data["expired"], data["forfeited"], data["forfeited_amount"]) == (0, 1, "5.0000 USD")
     assert ctl.json("expire", "run", "--now", at(13))["forfeited"] == 0
 
     # never used with validity from first use: never expires by validity

@@ -34,7 +34,9 @@ def sentinel(redis_url: str, tmp_path: Path) -> Iterator[str]:
         f"port {port}\nbind 127.0.0.1\ndir {tmp_path}\n"
         f"sentinel monitor paaa-test {target.hostname} {target.port or 6379} 1\n"
     )
-    proc = subprocess.Popen([server, str(conf), "--sentinel"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [server, str(conf), "--sentinel"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -50,7 +52,9 @@ def sentinel(redis_url: str, tmp_path: Path) -> Iterator[str]:
 
 
 def test_live_state_through_sentinel(sentinel: str) -> None:
-    state = RedisLiveState("redis://", f"paaa-test-{uuid.uuid4().hex[:8]}:", [sentinel], "paaa-test")
+    state = RedisLiveState(
+        "redis://", f"paaa-test-{uuid.uuid4().hex[:8]}:", [sentinel], "paaa-test"
+    )
     assert state.ping()
     assert state.reply_claim("k", 5) == (True, None)
     state.reply_put("k", b"\x02ok", 5)

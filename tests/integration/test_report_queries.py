@@ -160,18 +160,21 @@ def revenue_reference(
 ) -> list[tuple[Any, ...]]:
     """Revenue computed in Python from every CDR and ledger entry."""
     lo = datetime.combine(since, time.min) if since else datetime.fromisoformat("0001-01-01")
-    hi = datetime.combine(until + timedelta(days=1), time.min) if until else datetime.fromisoformat("9999-12-31")
+    hi = (
+        datetime.combine(until + timedelta(days=1), time.min)
+        if until
+        else datetime.fromisoformat("9999-12-31")
+    )
     with ctl.db.transaction() as s:
-        card = {
-            c.id: (c.batch_id, c.card_type, c.currency) for c in s.scalars(select(Card))
-        }
+        card = {c.id: (c.batch_id, c.card_type, c.currency) for c in s.scalars(select(Card))}
         face = {b.id: round_money(b.face_value, 4) for b in s.scalars(select(Batch))}
         cdrs = s.execute(
             select(Cdr.card_id, Cdr.leg, Cdr.stopped_at, Cdr.billed_seconds, Cdr.cost)
         ).all()
         entries = s.execute(
-            select(LedgerEntry.card_id, LedgerEntry.kind, LedgerEntry.created_at,
-                   LedgerEntry.amount)
+            select(
+                LedgerEntry.card_id, LedgerEntry.kind, LedgerEntry.created_at, LedgerEntry.amount
+            )
         ).all()
 
     def key(card_id: int, at: datetime) -> Any:
@@ -195,7 +198,9 @@ def revenue_reference(
     for card_id, kind, created, amount in entries:
         if kind in ("recharge", "expiry") and lo <= created < hi:
             g = sums[(key(card_id, created), card[card_id][2])]
-            g[3 if kind == "recharge" else 4] += Decimal(str(amount)) * (1 if kind == "recharge" else -1)
+            g[3 if kind == "recharge" else 4] += Decimal(str(amount)) * (
+                1 if kind == "recharge" else -1
+            )
     return [
         (k, cur, g[0], g[1], round_money(g[2], 4), round_money(g[3], 4), round_money(g[4], 4))
         for (k, cur), g in sorted(sums.items())

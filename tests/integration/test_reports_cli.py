@@ -122,9 +122,17 @@ def test_status_and_liability_by_batch(ctl: Ctl, tmp_path: Path) -> None:
     status = ctl.json("report", "status", "--batch", str(batch["id"]))
     assert status == [
         {
-            "batch": batch["id"], "type": "standard", "value": "5.0000", "currency": "USD",
-            "inactive": 2, "active": 2, "locked": 1, "expired": 0, "exhausted": 0,
-            "retired": 0, "total": 5,
+            "batch": batch["id"],
+            "type": "standard",
+            "value": "5.0000",
+            "currency": "USD",
+            "inactive": 2,
+            "active": 2,
+            "locked": 1,
+            "expired": 0,
+            "exhausted": 0,
+            "retired": 0,
+            "total": 5,
         }
     ]
     assert "5 cards in 1 batches" in ctl("report", "status", "--batch", str(batch["id"])).stdout
@@ -138,8 +146,9 @@ def test_status_and_liability_by_batch(ctl: Ctl, tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------- suspicious
 def test_suspicious_usage(ctl: Ctl, tmp_path: Path) -> None:
     nas_name = unique("gw")
-    ctl("nas", "add", nas_name, "--address", f"10.99.{uuid.uuid4().int % 250}.0/24",
-        "--secret", "s")
+    ctl(
+        "nas", "add", nas_name, "--address", f"10.99.{uuid.uuid4().int % 250}.0/24", "--secret", "s"
+    )
     nas = ctl.nas_id(nas_name)
     group = make_group(ctl, tmp_path)
     _, rows = make_batch(ctl, tmp_path, count=3, group=group)
@@ -160,8 +169,14 @@ def test_suspicious_usage(ctl: Ctl, tmp_path: Path) -> None:
     ctl.stop(nas, granted.token, now + timedelta(seconds=700), granted.session_seconds + 600)
 
     found = ctl.json(
-        "report", "suspicious", "--since", day(0).isoformat(), "--min-failures", "5",
-        "--ani-threshold", "3",
+        "report",
+        "suspicious",
+        "--since",
+        day(0).isoformat(),
+        "--min-failures",
+        "5",
+        "--ani-threshold",
+        "3",
     )
     by_ani = {f["source"]: f for f in found["failures_by_ani"]}
     assert by_ani[guesser]["failures"] == 6 and by_ani[guesser]["unknown_pin"] == 6
@@ -176,8 +191,16 @@ def test_suspicious_usage(ctl: Ctl, tmp_path: Path) -> None:
     assert len(over) == 1 and over[0]["nas"] == nas_name
     assert over[0]["duration_seconds"] == over[0]["granted_seconds"] + 600
 
-    strict = ctl.json("report", "suspicious", "--since", day(0).isoformat(),
-                      "--min-failures", "7", "--ani-threshold", "5")
+    strict = ctl.json(
+        "report",
+        "suspicious",
+        "--since",
+        day(0).isoformat(),
+        "--min-failures",
+        "7",
+        "--ani-threshold",
+        "5",
+    )
     assert guesser not in {f["source"] for f in strict["failures_by_ani"]}
     assert rows[1]["serial"] not in {c["serial"] for c in strict["cards_many_anis"]}
     future = ctl.json("report", "suspicious", "--since", day(1).isoformat())
@@ -187,8 +210,13 @@ def test_suspicious_usage(ctl: Ctl, tmp_path: Path) -> None:
     csv_lines = ctl("report", "suspicious", "--format", "csv").stdout.splitlines()
     assert csv_lines[0] == "section,subject,count,amount,currency,first_at,last_at,detail"
     sections = {line.split(",")[0] for line in csv_lines[1:]}
-    assert {"failures_by_ani", "failures_by_nas", "cards_many_anis", "negative_balances",
-            "over_grant_calls"} <= sections
+    assert {
+        "failures_by_ani",
+        "failures_by_nas",
+        "cards_many_anis",
+        "negative_balances",
+        "over_grant_calls",
+    } <= sections
     table = ctl("report", "suspicious").stdout
     assert "PIN failures by calling number" in table and "Calls longer than granted" in table
     assert "at least 1" in ctl.error("report", "suspicious", "--min-failures", "0")
@@ -205,8 +233,16 @@ def test_money_adds_up_after_calls_recharge_transfer_and_expiry(
         ctl, tmp_path, "--expires-on", day(2).isoformat(), count=3, group=group
     )
     rch, r_rows = make_batch(
-        ctl, tmp_path, "--validity-days", "30", "--grace-days", "3", count=2, group=group,
-        card_type="rechargeable", value="10",
+        ctl,
+        tmp_path,
+        "--validity-days",
+        "30",
+        "--grace-days",
+        "3",
+        count=2,
+        group=group,
+        card_type="rechargeable",
+        value="10",
     )
     when = now_utc() - timedelta(minutes=30)
     assert ctl.call(nas, when, 125, pin=s_rows[0]["pin"]) == Decimal("0.1970")
@@ -228,7 +264,10 @@ def test_money_adds_up_after_calls_recharge_transfer_and_expiry(
     recharges = total(revenue, "recharges")
     owed = total(liability, "liability")
     assert (call_revenue, breakage, recharges, owed, issued) == (
-        Decimal("0.7240"), Decimal("14.4030"), Decimal("7.5000"), Decimal("27.3730"),
+        Decimal("0.7240"),
+        Decimal("14.4030"),
+        Decimal("7.5000"),
+        Decimal("27.3730"),
         Decimal("35.0000"),
     )
     assert total(liability, "overdrawn") == 0
@@ -249,22 +288,30 @@ def test_money_adds_up_after_calls_recharge_transfer_and_expiry(
     by_day = {r["day"]: r for r in ctl.json("report", "revenue", "--by", "day")}
     assert by_day[day(3).isoformat()]["breakage"] == "14.4030"
     assert by_day[day(3).isoformat()]["calls"] == 0
-    by_denomination = {r["denomination"]: r for r in ctl.json(
-        "report", "revenue", "--by", "denomination")}
+    by_denomination = {
+        r["denomination"]: r for r in ctl.json("report", "revenue", "--by", "denomination")
+    }
     assert by_denomination["10.0000"]["recharges"] == "7.5000"
     # a period: only the expiry day
-    window = ctl.json("report", "revenue", "--by", "batch", "--from", day(3).isoformat(),
-                      "--to", day(3).isoformat())
-    assert [(r["batch"], r["calls"], r["breakage"]) for r in window] == [
-        (std["id"], 0, "14.4030")
-    ]
+    window = ctl.json(
+        "report",
+        "revenue",
+        "--by",
+        "batch",
+        "--from",
+        day(3).isoformat(),
+        "--to",
+        day(3).isoformat(),
+    )
+    assert [(r["batch"], r["calls"], r["breakage"]) for r in window] == [(std["id"], 0, "14.4030")]
     table = ctl("report", "revenue", "--by", "batch").stdout
     assert "USD: 3 calls, call revenue 0.7240, recharges 7.5000, breakage 14.4030" in table
     assert "total liability: 27.3730 USD" in ctl("report", "liability").stdout
     # a second expiry run changes nothing
-    assert "expired 0 cards; forfeited the balance of 0 cards" in ctl(
-        "expire", "run", "--now", at(3)
-    ).stdout
+    assert (
+        "expired 0 cards; forfeited the balance of 0 cards"
+        in ctl("expire", "run", "--now", at(3)).stdout
+    )
     assert total(ctl.json("report", "revenue"), "breakage") == breakage
 
 
@@ -292,30 +339,61 @@ def _synthetic_calls(
         ani_calls += via_ani
         flagged += over
         key = uuid.uuid4().hex
-        cdrs.append({
-            "call_key": key, "card_id": card_id, "nas_id": nas, "leg": "billed",
-            "auth_method": "ani" if via_ani else "pin",
-            "calling_number": bound_ani if via_ani else rng.choice(callers),
-            "called_number": UK, "rate_prefix": "44", "price_per_minute": Decimal("0.07"),
-            "connection_fee": Decimal("0.05"), "started_at": stopped - timedelta(seconds=seconds),
-            "stopped_at": stopped, "duration_seconds": seconds,
-            "billed_seconds": billed_seconds(UK_RATE, seconds),
-            "granted_seconds": max(0, seconds - 30) if over else seconds + 60, "cost": price,
-            "balance_after": balances[card_id], "over_grant": over, "close_reason": "stop",
-            "created_at": stopped,
-        })
+        cdrs.append(
+            {
+                "call_key": key,
+                "card_id": card_id,
+                "nas_id": nas,
+                "leg": "billed",
+                "auth_method": "ani" if via_ani else "pin",
+                "calling_number": bound_ani if via_ani else rng.choice(callers),
+                "called_number": UK,
+                "rate_prefix": "44",
+                "price_per_minute": Decimal("0.07"),
+                "connection_fee": Decimal("0.05"),
+                "started_at": stopped - timedelta(seconds=seconds),
+                "stopped_at": stopped,
+                "duration_seconds": seconds,
+                "billed_seconds": billed_seconds(UK_RATE, seconds),
+                "granted_seconds": max(0, seconds - 30) if over else seconds + 60,
+                "cost": price,
+                "balance_after": balances[card_id],
+                "over_grant": over,
+                "close_reason": "stop",
+                "created_at": stopped,
+            }
+        )
         if i % 10 == 0:  # the other leg of a two-leg NAS: recorded, never billed
-            cdrs.append({**cdrs[-1], "call_key": uuid.uuid4().hex, "leg": "other",
-                         "cost": Decimal(0), "over_grant": False, "billed_seconds": 0})
+            cdrs.append(
+                {
+                    **cdrs[-1],
+                    "call_key": uuid.uuid4().hex,
+                    "leg": "other",
+                    "cost": Decimal(0),
+                    "over_grant": False,
+                    "billed_seconds": 0,
+                }
+            )
         ledger.append((key, card_id, price, balances[card_id], stopped))
     with ctl.db.transaction() as s:
         s.execute(insert(Cdr), cdrs)
         ids = dict(s.execute(select(Cdr.call_key, Cdr.id).where(Cdr.leg == "billed")).all())
-        s.execute(insert(LedgerEntry), [
-            {"card_id": c, "kind": "call", "amount": -p, "balance_after": b, "cdr_id": ids[k],
-             "note": "", "created_at": t}
-            for k, c, p, b, t in ledger if p != 0
-        ])
+        s.execute(
+            insert(LedgerEntry),
+            [
+                {
+                    "card_id": c,
+                    "kind": "call",
+                    "amount": -p,
+                    "balance_after": b,
+                    "cdr_id": ids[k],
+                    "note": "",
+                    "created_at": t,
+                }
+                for k, c, p, b, t in ledger
+                if p != 0
+            ],
+        )
         s.execute(update(Card), [{"id": c, "balance": b} for c, b in balances.items()])
     return {"over_grant": flagged, "ani_calls": ani_calls}
 
@@ -328,30 +406,35 @@ def test_two_thousand_cards_and_thousands_of_calls(
     group = make_group(ctl, tmp_path)
     batches = [
         make_batch(ctl, tmp_path, count=800, group=group)[0],
-        make_batch(ctl, tmp_path, count=500, group=group, card_type="rechargeable",
-                   value="10")[0],
-        make_batch(ctl, tmp_path, "--expires-on", day(1).isoformat(), count=400,
-                   group=group, value="2")[0],
+        make_batch(ctl, tmp_path, count=500, group=group, card_type="rechargeable", value="10")[0],
+        make_batch(
+            ctl, tmp_path, "--expires-on", day(1).isoformat(), count=400, group=group, value="2"
+        )[0],
         make_batch(ctl, tmp_path, count=300, group=group, activate=False)[0],
     ]
     with ctl.db.transaction() as s:
-        used = list(s.scalars(select(Card.id).where(
-            Card.batch_id.in_([b["id"] for b in batches[:3]]))))
+        used = list(
+            s.scalars(select(Card.id).where(Card.batch_id.in_([b["id"] for b in batches[:3]])))
+        )
     ani = fresh_ani()
     made = _synthetic_calls(ctl, nas, used, 3000, now_utc() - timedelta(days=9), ani)
     admin = Admin(ctl.db)
     first = int(batches[1]["first_serial"])
     for i in range(40):
         admin.recharge(first + i, "2.50", now_utc())
-    admin.lock_cards(serial_range=(batches[0]["first_serial"], str(int(
-        batches[0]["first_serial"]) + 99)))
+    admin.lock_cards(
+        serial_range=(batches[0]["first_serial"], str(int(batches[0]["first_serial"]) + 99))
+    )
     expired = ctl("expire", "run", "--now", at(3)).stdout
     assert "expired 400 cards" in expired
 
     # every report as a table (JSON below, CSV in the other tests)
     for command in (
-        ["report", "status"], ["report", "liability"], ["report", "suspicious"],
-        ["report", "bind-bill", ani], ["batch", "list"],
+        ["report", "status"],
+        ["report", "liability"],
+        ["report", "suspicious"],
+        ["report", "bind-bill", ani],
+        ["batch", "list"],
         *(["report", "revenue", "--by", by] for by in ("type", "denomination", "batch", "day")),
     ):
         assert ctl(*command).stdout, command
@@ -370,14 +453,18 @@ def test_two_thousand_cards_and_thousands_of_calls(
     for by in ("type", "denomination", "batch", "day"):
         rows = ctl.json("report", "revenue", "--by", by)
         figures[by] = (
-            sum(r["calls"] for r in rows), sum(r["billed_seconds"] for r in rows),
-            total(rows, "call_revenue"), total(rows, "recharges"), total(rows, "breakage"),
+            sum(r["calls"] for r in rows),
+            sum(r["billed_seconds"] for r in rows),
+            total(rows, "call_revenue"),
+            total(rows, "recharges"),
+            total(rows, "breakage"),
         )
     assert len(set(figures.values())) == 1, figures
     calls, _, revenue, recharges, breakage = figures["type"]
     assert (calls, revenue, recharges) == (3000, cdr_revenue, Decimal("100.0000"))
-    assert breakage == -sql_money(ctl, "SELECT sum(amount) FROM ledger_entries "
-                                       "WHERE kind = 'expiry'")
+    assert breakage == -sql_money(
+        ctl, "SELECT sum(amount) FROM ledger_entries WHERE kind = 'expiry'"
+    )
     assert breakage > 0
     days = ctl.json("report", "revenue", "--by", "day")
     assert len([r for r in days if r["calls"]]) >= 9
@@ -396,7 +483,8 @@ def test_two_thousand_cards_and_thousands_of_calls(
         assert Decimal(row["liability"]) + Decimal(row["overdrawn"]) == remaining[row["batch"]]
     shown = ctl.json("batch", "show", str(batches[1]["id"]))
     assert Decimal(shown["value_issued"]) + Decimal(shown["recharges"]) - Decimal(
-        shown["call_revenue"]) - Decimal(shown["breakage"]) == Decimal(shown["value_remaining"])
+        shown["call_revenue"]
+    ) - Decimal(shown["breakage"]) == Decimal(shown["value_remaining"])
 
     found = ctl.json("report", "suspicious", "--since", day(-30).isoformat(), "--limit", "1000")
     assert len(found["over_grant_calls"]) == made["over_grant"]
@@ -405,6 +493,7 @@ def test_two_thousand_cards_and_thousands_of_calls(
     bill = ctl.json("report", "bind-bill", ani)
     assert sum(r["leg"] == "billed" for r in bill["rows"]) == made["ani_calls"]
     assert Decimal(bill["totals"][0]["cost"]) == sql_money(
-        ctl, "SELECT sum(cost) FROM cdrs WHERE auth_method = 'ani' AND calling_number = :a",
+        ctl,
+        "SELECT sum(cost) FROM cdrs WHERE auth_method = 'ani' AND calling_number = :a",
         a=ani,
     )

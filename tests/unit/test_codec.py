@@ -29,8 +29,13 @@ SECRET = b"s3cret"
 AUTH = bytes(range(16))
 
 
-def raw(code: int = ACCESS_REQUEST, attrs: bytes = b"", length: int | None = None,
-        ident: int = 7, pad: bytes = b"") -> bytes:
+def raw(
+    code: int = ACCESS_REQUEST,
+    attrs: bytes = b"",
+    length: int | None = None,
+    ident: int = 7,
+    pad: bytes = b"",
+) -> bytes:
     """A hand-built packet; ``length`` overrides the Length field."""
     size = 20 + len(attrs) if length is None else length
     return struct.pack("!BBH", code, ident, size) + AUTH + attrs + pad
@@ -110,11 +115,14 @@ def test_vendor_sub_attribute_of_length_zero() -> None:
     assert malformed(raw(attrs=body)) == "bad-vendor-attribute"
 
 
-@pytest.mark.parametrize("sub", [
-    bytes([1, 1]) + b"abcd",  # length 1
-    bytes([1, 9]) + b"abc",  # runs past the VSA
-    attr(1, b"ok") + b"\x01",  # a lone octet after a good sub-attribute
-])
+@pytest.mark.parametrize(
+    "sub",
+    [
+        bytes([1, 1]) + b"abcd",  # length 1
+        bytes([1, 9]) + b"abc",  # runs past the VSA
+        attr(1, b"ok") + b"\x01",  # a lone octet after a good sub-attribute
+    ],
+)
 def test_vendor_sub_attribute_bad_lengths(sub: bytes) -> None:
     assert malformed(raw(attrs=vsa(9, sub))) == "bad-vendor-attribute"
 
@@ -142,8 +150,9 @@ def test_padding_after_length_is_accepted() -> None:
 # -- decode ----------------------------------------------------------------------------------
 
 
-def access_request(secret: bytes = SECRET, ma: bool = True, password: str | None = "1234",
-                   **attrs: object) -> rp.AuthPacket:
+def access_request(
+    secret: bytes = SECRET, ma: bool = True, password: str | None = "1234", **attrs: object
+) -> rp.AuthPacket:
     pkt = rp.AuthPacket(code=rp.AccessRequest, secret=secret, dict=DICT)
     pkt["User-Name"] = "alice"
     if password is not None:
@@ -272,8 +281,9 @@ def test_user_password_of_bad_length_is_malformed() -> None:
 def test_reply_verifies_and_has_message_authenticator_first() -> None:
     pkt = access_request()
     request = CODEC.decode(pkt.RequestPacket(), SECRET, require_ma=True)
-    data = CODEC.encode(request, Reply(ACCESS_ACCEPT, [("Session-Timeout", 4242),
-                                                       ("Class", b"token-1")]))
+    data = CODEC.encode(
+        request, Reply(ACCESS_ACCEPT, [("Session-Timeout", 4242), ("Class", b"token-1")])
+    )
     reply = pkt.CreateReply(packet=data)
     assert pkt.VerifyReply(reply, data, enforce_ma=True)
     assert data[0] == ACCESS_ACCEPT
@@ -348,13 +358,17 @@ SEEDS = [
     raw(attrs=MA + vsa(9, attr(1, b"h323-conf-id=ABC") + attr(25, b"h323-setup-time=x"))),
 ]
 
-FUZZ = settings(max_examples=300, deadline=1000,
-                suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=300,
+    deadline=1000,
+    suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow],
+)
 
 
 @FUZZ
-@given(data=st.binary(max_size=600), secret=st.sampled_from([SECRET, b"x"]),
-       require_ma=st.booleans())
+@given(
+    data=st.binary(max_size=600), secret=st.sampled_from([SECRET, b"x"]), require_ma=st.booleans()
+)
 def test_fuzz_random_bytes(data: bytes, secret: bytes, require_ma: bool) -> None:
     decode_or_malformed(data, secret, require_ma)
 
@@ -363,16 +377,21 @@ def test_fuzz_random_bytes(data: bytes, secret: bytes, require_ma: bool) -> None
 @given(
     code=st.sampled_from([ACCESS_REQUEST, ACCOUNTING_REQUEST, STATUS_SERVER]),
     attrs=st.lists(
-        st.tuples(st.one_of(st.integers(0, 255),
-                            st.sampled_from([1, 2, 4, 5, 26, 30, 31, 33, 40, 44, 55, 61, 80])),
-                  st.binary(max_size=40)),
+        st.tuples(
+            st.one_of(
+                st.integers(0, 255),
+                st.sampled_from([1, 2, 4, 5, 26, 30, 31, 33, 40, 44, 55, 61, 80]),
+            ),
+            st.binary(max_size=40),
+        ),
         max_size=12,
     ),
     pad=st.binary(max_size=8),
     require_ma=st.booleans(),
 )
-def test_fuzz_well_framed_attributes(code: int, attrs: list[tuple[int, bytes]], pad: bytes,
-                                     require_ma: bool) -> None:
+def test_fuzz_well_framed_attributes(
+    code: int, attrs: list[tuple[int, bytes]], pad: bytes, require_ma: bool
+) -> None:
     # Correct framing gets past check_structure, so pyrad's value decoding is exercised.
     body = b"".join(attr(kind, value) for kind, value in attrs)
     decode_or_malformed(raw(code=code, attrs=body, pad=pad), SECRET, require_ma)
@@ -403,7 +422,7 @@ def mutated(draw: st.DrawFn) -> bytes:
         elif op == "insert":
             data[pos:pos] = draw(st.binary(min_size=1, max_size=8))
         elif op == "delete" and data:
-            del data[pos:pos + draw(st.integers(1, 4))]
+            del data[pos : pos + draw(st.integers(1, 4))]
     if draw(st.booleans()) and len(data) >= 4:
         struct.pack_into("!H", data, 2, len(data))  # keep the Length field consistent
     return bytes(data)

@@ -151,9 +151,7 @@ def test_file_loads_alone(dict_file):
 
 def test_master_includes_every_file():
     included = {
-        line.split()[1]
-        for line in MASTER.read_text().splitlines()
-        if line.startswith("$INCLUDE")
+        line.split()[1] for line in MASTER.read_text().splitlines() if line.startswith("$INCLUDE")
     }
     others = {p.name for p in DICTIONARY_FILES if p != MASTER}
     assert included == others

@@ -46,8 +46,14 @@ def card(**overrides: object) -> CardSnapshot:
     return dataclasses.replace(base, **overrides)  # type: ignore[arg-type]
 
 
-def run(c: CardSnapshot, rate: Rate | None = UK, live_calls: int = 0,
-        reserved: Decimal = Decimal(0), now: datetime = NOW, limits: Limits = LIMITS):
+def run(
+    c: CardSnapshot,
+    rate: Rate | None = UK,
+    live_calls: int = 0,
+    reserved: Decimal = Decimal(0),
+    now: datetime = NOW,
+    limits: Limits = LIMITS,
+):
     return decide(c, rate, live_calls, reserved, now, limits)
 
 
@@ -68,8 +74,7 @@ def test_inactive_manual_card_is_denied() -> None:
 
 
 def test_inactive_first_use_card_is_granted() -> None:
-    c = card(state=CardState.INACTIVE, activation_mode=ActivationMode.FIRST_USE,
-             first_used_at=None)
+    c = card(state=CardState.INACTIVE, activation_mode=ActivationMode.FIRST_USE, first_used_at=None)
     decision = run(c)
     assert isinstance(decision, Grant)
     assert decision.seconds == 4242
@@ -129,8 +134,9 @@ def test_design_example_session_timeout_and_reservation() -> None:
 
 
 def test_reserved_by_others_reduces_the_grant() -> None:
-    decision = run(card(balance=Decimal("5.00"), max_calls=2), live_calls=1,
-                   reserved=Decimal("2.00"))
+    decision = run(
+        card(balance=Decimal("5.00"), max_calls=2), live_calls=1, reserved=Decimal("2.00")
+    )
     assert isinstance(decision, Grant)
     assert decision.available_amount == Decimal("3.00")
     assert decision.reserved_amount <= Decimal("3.00")
@@ -139,14 +145,16 @@ def test_reserved_by_others_reduces_the_grant() -> None:
 
 def test_second_call_cannot_spend_what_the_first_reserved() -> None:
     # 5.00 - 4.9990 leaves 0.0010, far less than one increment (0.0850)
-    decision = run(card(balance=Decimal("5.00"), max_calls=2), live_calls=1,
-                   reserved=Decimal("4.9990"))
+    decision = run(
+        card(balance=Decimal("5.00"), max_calls=2), live_calls=1, reserved=Decimal("4.9990")
+    )
     assert refused(decision, RejectReason.INSUFFICIENT_BALANCE)
 
 
 def test_fully_reserved_balance_is_zero_balance() -> None:
-    decision = run(card(balance=Decimal("5.00"), max_calls=2), live_calls=1,
-                   reserved=Decimal("5.00"))
+    decision = run(
+        card(balance=Decimal("5.00"), max_calls=2), live_calls=1, reserved=Decimal("5.00")
+    )
     assert refused(decision, RejectReason.ZERO_BALANCE)
 
 
@@ -222,8 +230,13 @@ def test_card_without_validity_or_expiry_never_expires() -> None:
 
 
 def test_never_used_card_grant_is_capped_by_validity_from_now() -> None:
-    c = card(state=CardState.INACTIVE, activation_mode=ActivationMode.FIRST_USE,
-             first_used_at=None, validity_days=1, balance=Decimal("1000.00"))
+    c = card(
+        state=CardState.INACTIVE,
+        activation_mode=ActivationMode.FIRST_USE,
+        first_used_at=None,
+        validity_days=1,
+        balance=Decimal("1000.00"),
+    )
     decision = run(c, limits=Limits(max_session_seconds=10 * 86400))
     assert isinstance(decision, Grant)
     assert decision.seconds == 86400
@@ -258,8 +271,7 @@ def test_sequential_grants_never_reserve_more_than_the_balance(
     for live in range(calls):
         decision = decide(c, rate, live, reserved, NOW, limits)
         if isinstance(decision, Refusal):
-            assert decision.reason in (RejectReason.ZERO_BALANCE,
-                                       RejectReason.INSUFFICIENT_BALANCE)
+            assert decision.reason in (RejectReason.ZERO_BALANCE, RejectReason.INSUFFICIENT_BALANCE)
             break
         assert 0 < decision.seconds <= max_session
         assert decision.reserved_amount >= 0

@@ -51,8 +51,11 @@ def test_most_specific_wins(table: NasTable) -> None:
 
 
 def test_most_specific_wins_whatever_the_order() -> None:
-    for order in ([SLASH16, SLASH24, SLASH28], [SLASH28, SLASH24, SLASH16],
-                  [SLASH24, SLASH16, SLASH28]):
+    for order in (
+        [SLASH16, SLASH24, SLASH28],
+        [SLASH28, SLASH24, SLASH16],
+        [SLASH24, SLASH16, SLASH28],
+    ):
         table = NasTable(order)
         assert table.lookup("192.0.2.20") == SLASH28
         assert table.lookup("192.0.2.200") == SLASH24
@@ -73,8 +76,9 @@ def test_ipv4_mapped_ipv6_source(table: NasTable) -> None:
     assert table.lookup("::ffff:203.0.113.1") is None
 
 
-@pytest.mark.parametrize("host", ["203.0.113.1", "10.0.0.1", "2001:db8::2", "2001:db9::1",
-                                  "::1", "not-an-address", ""])
+@pytest.mark.parametrize(
+    "host", ["203.0.113.1", "10.0.0.1", "2001:db8::2", "2001:db9::1", "::1", "not-an-address", ""]
+)
 def test_unknown_source_is_none(table: NasTable, host: str) -> None:
     assert table.lookup(host) is None
 

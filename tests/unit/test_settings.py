@@ -38,7 +38,9 @@ def test_default_database_is_sqlite_under_state_dir(tmp_path: Path) -> None:
 
 
 def test_file_values(tmp_path: Path) -> None:
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
 [server]
 state_dir = "/srv/prepaid"
 
@@ -57,7 +59,8 @@ national_prefix = "0"
 
 [security]
 max_pin_density = 1
-""")
+""",
+    )
     s = load_settings(path, {})
     assert s.source == str(path)
     assert s.database_url == "postgresql+psycopg2://aaa@db/aaa"
@@ -74,7 +77,7 @@ max_pin_density = 1
 
 
 def test_loading_does_not_mutate_defaults(tmp_path: Path) -> None:
-    load_settings(write(tmp_path, "[numbers]\ninternational_prefixes = [\"9\"]\n"), {})
+    load_settings(write(tmp_path, '[numbers]\ninternational_prefixes = ["9"]\n'), {})
     load_settings(None, {"PREPAID_RADIUS_AUTH_PORT": "1"})
     s = load_settings(None, {})
     assert s["numbers"]["international_prefixes"] == ["00", "011"]
@@ -82,13 +85,16 @@ def test_loading_does_not_mutate_defaults(tmp_path: Path) -> None:
 
 
 def test_env_overrides_the_named_settings() -> None:
-    s = load_settings(None, {
-        "PREPAID_DATABASE_URL": "postgresql+psycopg2://u@h/db",
-        "PREPAID_REDIS_URL": "redis://127.0.0.1:6379/3",
-        "PREPAID_RADIUS_AUTH_PORT": "0",
-        "PREPAID_RADIUS_ACCT_PORT": "21813",
-        "PREPAID_RADIUS_BIND": "::1",
-    })
+    s = load_settings(
+        None,
+        {
+            "PREPAID_DATABASE_URL": "postgresql+psycopg2://u@h/db",
+            "PREPAID_REDIS_URL": "redis://127.0.0.1:6379/3",
+            "PREPAID_RADIUS_AUTH_PORT": "0",
+            "PREPAID_RADIUS_ACCT_PORT": "21813",
+            "PREPAID_RADIUS_BIND": "::1",
+        },
+    )
     assert s.database_url == "postgresql+psycopg2://u@h/db"
     assert s.redis_url == "redis://127.0.0.1:6379/3"
     assert s["radius"]["auth_port"] == 0
@@ -98,7 +104,7 @@ def test_env_overrides_the_named_settings() -> None:
 
 
 def test_env_wins_over_the_file(tmp_path: Path) -> None:
-    path = write(tmp_path, "[radius]\nauth_port = 11812\nbind = \"10.0.0.1\"\n")
+    path = write(tmp_path, '[radius]\nauth_port = 11812\nbind = "10.0.0.1"\n')
     s = load_settings(path, {"PREPAID_RADIUS_AUTH_PORT": "31812"})
     assert s["radius"]["auth_port"] == 31812
     assert s["radius"]["bind"] == "10.0.0.1"
@@ -110,10 +116,19 @@ def test_env_list_is_comma_separated() -> None:
     assert s.number_rules.international_prefixes == ("00", "011")
 
 
-@pytest.mark.parametrize(("raw", "value"), [
-    ("true", True), ("1", True), ("yes", True), ("ON", True),
-    ("false", False), ("0", False), ("no", False), ("off", False),
-])
+@pytest.mark.parametrize(
+    ("raw", "value"),
+    [
+        ("true", True),
+        ("1", True),
+        ("yes", True),
+        ("ON", True),
+        ("false", False),
+        ("0", False),
+        ("no", False),
+        ("off", False),
+    ],
+)
 def test_env_bool(raw: str, value: bool) -> None:
     assert load_settings(None, {"PREPAID_DATABASE_ECHO": raw})["database"]["echo"] is value
 
@@ -173,12 +188,15 @@ def test_unknown_key(tmp_path: Path) -> None:
     assert str(path) in str(info.value)
 
 
-@pytest.mark.parametrize("text", [
-    'auth_port = "1812"',
-    "auth_port = true",
-    "auth_port = 18.12",
-    "bind = 127",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        'auth_port = "1812"',
+        "auth_port = true",
+        "auth_port = 18.12",
+        "bind = 127",
+    ],
+)
 def test_wrong_type_in_file(tmp_path: Path, text: str) -> None:
     path = write(tmp_path, f"[radius]\n{text}\n")
     key = text.split()[0]
@@ -186,11 +204,14 @@ def test_wrong_type_in_file(tmp_path: Path, text: str) -> None:
         load_settings(path, {})
 
 
-@pytest.mark.parametrize(("section", "text"), [
-    ("database", 'echo = "yes"'),
-    ("numbers", 'international_prefixes = "00"'),
-    ("security", 'max_pin_density = "0.1"'),
-])
+@pytest.mark.parametrize(
+    ("section", "text"),
+    [
+        ("database", 'echo = "yes"'),
+        ("numbers", 'international_prefixes = "00"'),
+        ("security", 'max_pin_density = "0.1"'),
+    ],
+)
 def test_wrong_type_other_kinds(tmp_path: Path, section: str, text: str) -> None:
     path = write(tmp_path, f"[{section}]\n{text}\n")
     with pytest.raises(ConfigError, match=rf"\[{section}\] {text.split()[0]} must be"):
