@@ -16,7 +16,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 import redis
 
@@ -189,12 +189,7 @@ class RedisLiveState:
 
     @property
     def _client(self) -> redis.Redis:
-        """This thread's client, on a connection of its own from the shared pool.
-
-        The server's handlers run on a few long-lived threads; a connection held per thread
-        spares each command the pool's checkout and return (about a third of redis-py's CPU
-        per command). Pipelines still take a pooled connection, as redis-py does.
-        """
+        """This thread's client, on the thread's own connection (for the rarer commands)."""
         client: redis.Redis | None = getattr(self._threads, "client", None)
         if client is None:
             client = redis.Redis(
@@ -202,6 +197,25 @@ class RedisLiveState:
             )
             self._threads.client = client
         return client
+
+    def _run(self, *commands: tuple[Any, ...]) -> list[Any]:
+        """Send ``commands`` in one write on this thread's connection and read their replies.
+
+        The request path's commands (claim, throttling state, reply) go this way: redis-py's
+        connection API without its client layer, which cost about twice as much CPU per command
+        here (a connection held per long-lived handler thread also spares the pool's checkout).
+        Replies are Redis's own (``b"OK"``, ``None``, integers, bytes). On any error the
+        connection is closed, so no reply is left unread; the next command reconnects.
+        """
+        conn = getattr(self._threads, "conn", None)
+        if conn is None:
+            conn = self._threads.conn = self._redis.connection_pool.get_connection()
+        try:
+            conn.send_packed_command(conn.pack_commands(commands))
+            return [conn.read_response() for _ in commands]
+        except BaseException:
+            conn.disconnect()
+            raise
 
     def _k(self, kind: str, key: str) -> str:
         return f"{self._prefix}{kind}:{key}"
@@ -211,38 +225,47 @@ class RedisLiveState:
         return value if isinstance(value, bytes) and value != PENDING else None
 
     def reply_put(self, key: str, data: bytes, ttl_seconds: float) -> None:
-        self._client.set(self._k("reply", key), data, px=max(1, int(ttl_seconds * 1000)))
+        self._run(("SET", self._k("reply", key), data, "PX", max(1, int(ttl_seconds * 1000))))
 
-    def reply_claim(self, key: str, ttl_seconds: float) -> tuple[bool, bytes | None]:
-        name = self._k("reply", key)
-        if self._client.set(name, PENDING, px=max(1, int(ttl_seconds * 1000)), nx=True):
+    def _claim(self, name: str, ttl_seconds: float) -> tuple[Any, ...]:
+        return ("SET", name, PENDING, "PX", max(1, int(ttl_seconds * 1000)), "NX")
+
+    @staticmethod
+    def _claimed(claimed: Any, value: Any) -> tuple[bool, bytes | None] | None:
+        """The claim's outcome from SET NX and GET sent together; None: the key expired between
+        the two, so claim again."""
+        if claimed:
             return True, None
-        value = self._client.get(name)
-        if value is None:  # expired between the two calls: try once more
-            return bool(self._client.set(name, PENDING, px=int(ttl_seconds * 1000), nx=True)), None
+        if value is None:
+            return None
         if value == PENDING:
             return False, None
         return False, value if isinstance(value, bytes) else str(value).encode()
+
+    def reply_claim(self, key: str, ttl_seconds: float) -> tuple[bool, bytes | None]:
+        name = self._k("reply", key)
+        for _ in range(2):
+            claimed, value = self._run(self._claim(name, ttl_seconds), ("GET", name))
+            outcome = self._claimed(claimed, value)
+            if outcome is not None:
+                return outcome
+        return False, None  # taken and gone twice in a row: leave it to whoever has it
 
     def claim_and_throttle(
         self, key: str, ttl_seconds: float, keys: tuple[str, ...], failure_key: str | None
     ) -> tuple[tuple[bool, bytes | None], tuple[bool, bool]]:
         name = self._k("reply", key)
-        pipe = self._client.pipeline(transaction=False)
-        pipe.set(name, PENDING, px=max(1, int(ttl_seconds * 1000)), nx=True)
-        pipe.get(name)
-        pipe.exists(*(self._k("lockout", k) for k in keys))
+        commands = [
+            self._claim(name, ttl_seconds),
+            ("GET", name),
+            ("EXISTS", *(self._k("lockout", k) for k in keys)),
+        ]
         if failure_key is not None:
-            pipe.exists(self._k("fail", failure_key))
-        claimed, value, locked, *failures = pipe.execute()
+            commands.append(("EXISTS", self._k("fail", failure_key)))
+        claimed, value, locked, *failures = self._run(*commands)
         throttle = (bool(locked), bool(failures and failures[0]))
-        if claimed:
-            return (True, None), throttle
-        if value is None:  # expired between the two commands: claim it the long way
-            return self.reply_claim(key, ttl_seconds), throttle
-        if value == PENDING:
-            return (False, None), throttle
-        return (False, value if isinstance(value, bytes) else str(value).encode()), throttle
+        outcome = self._claimed(claimed, value)
+        return (outcome or self.reply_claim(key, ttl_seconds)), throttle
 
     def reply_release(self, key: str) -> None:
         name = self._k("reply", key)

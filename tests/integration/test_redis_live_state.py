@@ -95,3 +95,17 @@ def test_claim_and_throttle_in_one_round_trip(state: RedisLiveState, redis_url: 
         (False, b"\x02reply"),
         (False, False),
     )
+
+
+def test_a_dropped_connection_fails_one_call_and_the_next_reconnects(
+    state: RedisLiveState, redis_url: str
+) -> None:
+    assert state.reply_claim("d", 5) == (True, None)
+    (own_id,) = state._run(("CLIENT", "ID"))  # this thread's connection
+    admin = redis.Redis.from_url(redis_url)
+    assert admin.client_kill_filter(_id=own_id) == 1  # the server drops it
+    with pytest.raises(redis.ConnectionError):  # the caller (FallbackLiveState) falls back
+        state.reply_put("d", b"\x02reply", 5)
+    state.reply_put("d", b"\x02reply", 5)  # a fresh connection, nothing left half-read
+    assert state.reply_claim("d", 5) == (False, b"\x02reply")
+    assert state.claim_and_throttle("e", 5, ("nas:1",), "ani:1") == ((True, None), (False, False))
