@@ -187,23 +187,12 @@ class RedisLiveState:
         self._prefix = prefix
         self._threads = threading.local()
 
-    @property
-    def _client(self) -> redis.Redis:
-        """This thread's client, on the thread's own connection (for the rarer commands)."""
-        client: redis.Redis | None = getattr(self._threads, "client", None)
-        if client is None:
-            client = redis.Redis(
-                connection_pool=self._redis.connection_pool, single_connection_client=True
-            )
-            self._threads.client = client
-        return client
-
     def _run(self, *commands: tuple[Any, ...]) -> list[Any]:
         """Send ``commands`` in one write on this thread's connection and read their replies.
 
-        The request path's commands (claim, throttling state, reply) go this way: redis-py's
-        connection API without its client layer, which cost about twice as much CPU per command
-        here (a connection held per long-lived handler thread also spares the pool's checkout).
+        Every command goes this way: redis-py's connection API without its client layer, which
+        cost about twice as much CPU per command here (a connection held per long-lived handler
+        thread also spares the pool's checkout).
         Replies are Redis's own (``b"OK"``, ``None``, integers, bytes). On any error the
         connection is closed, so no reply is left unread; the next command reconnects.
         """
@@ -221,7 +210,7 @@ class RedisLiveState:
         return f"{self._prefix}{kind}:{key}"
 
     def reply_get(self, key: str) -> bytes | None:
-        value = self._client.get(self._k("reply", key))
+        (value,) = self._run(("GET", self._k("reply", key)))
         return value if isinstance(value, bytes) and value != PENDING else None
 
     def reply_put(self, key: str, data: bytes, ttl_seconds: float) -> None:
@@ -255,51 +244,51 @@ class RedisLiveState:
         self, key: str, ttl_seconds: float, keys: tuple[str, ...], failure_key: str | None
     ) -> tuple[tuple[bool, bytes | None], tuple[bool, bool]]:
         name = self._k("reply", key)
-        commands = [
-            self._claim(name, ttl_seconds),
-            ("GET", name),
-            ("EXISTS", *(self._k("lockout", k) for k in keys)),
-        ]
-        if failure_key is not None:
-            commands.append(("EXISTS", self._k("fail", failure_key)))
-        claimed, value, locked, *failures = self._run(*commands)
-        throttle = (bool(locked), bool(failures and failures[0]))
+        claimed, value, *throttle = self._run(
+            self._claim(name, ttl_seconds), ("GET", name), *self._throttle(keys, failure_key)
+        )
         outcome = self._claimed(claimed, value)
-        return (outcome or self.reply_claim(key, ttl_seconds)), throttle
+        return (outcome or self.reply_claim(key, ttl_seconds)), self._throttled(throttle)
 
     def reply_release(self, key: str) -> None:
         name = self._k("reply", key)
-        if self._client.get(name) == PENDING:
-            self._client.delete(name)
+        if self._run(("GET", name)) == [PENDING]:
+            self._run(("DEL", name))
 
     def count_failure(self, key: str, window_seconds: int) -> int:
         name = self._k("fail", key)
-        pipe = self._client.pipeline()
-        pipe.incr(name)
-        pipe.expire(name, window_seconds, nx=True)
-        count, _ = pipe.execute()
+        *_, (count, _) = self._run(
+            ("MULTI",), ("INCR", name), ("EXPIRE", name, window_seconds, "NX"), ("EXEC",)
+        )
         return int(count)
 
     def reset_failures(self, key: str) -> None:
-        self._client.delete(self._k("fail", key))
+        self._run(("DEL", self._k("fail", key)))
 
     def lock_out(self, key: str, seconds: int) -> None:
-        self._client.set(self._k("lockout", key), b"1", ex=seconds)
+        self._run(("SET", self._k("lockout", key), b"1", "EX", seconds))
 
     def is_locked_out(self, *keys: str) -> bool:
-        return bool(self._client.exists(*(self._k("lockout", key) for key in keys)))
+        (count,) = self._run(("EXISTS", *(self._k("lockout", key) for key in keys)))
+        return bool(count)
+
+    def _throttle(self, keys: tuple[str, ...], failure_key: str | None) -> list[tuple[Any, ...]]:
+        """The commands of :meth:`throttle_state`; :meth:`_throttled` reads their replies."""
+        commands: list[tuple[Any, ...]] = [("EXISTS", *(self._k("lockout", k) for k in keys))]
+        if failure_key is not None:
+            commands.append(("EXISTS", self._k("fail", failure_key)))
+        return commands
+
+    @staticmethod
+    def _throttled(replies: list[Any]) -> tuple[bool, bool]:
+        locked, *failures = replies
+        return bool(locked), bool(failures and failures[0])
 
     def throttle_state(self, keys: tuple[str, ...], failure_key: str | None) -> tuple[bool, bool]:
-        if failure_key is None:
-            return self.is_locked_out(*keys), False
-        pipe = self._client.pipeline(transaction=False)
-        pipe.exists(*(self._k("lockout", key) for key in keys))
-        pipe.exists(self._k("fail", failure_key))
-        locked, failures = pipe.execute()
-        return bool(locked), bool(failures)
+        return self._throttled(self._run(*self._throttle(keys, failure_key)))
 
     def ping(self) -> bool:
-        return bool(self._client.ping())
+        return self._run(("PING",)) == [b"PONG"]
 
 
 class FallbackLiveState:
