@@ -45,7 +45,13 @@ class SessionService:
         """The live-state keys :meth:`authorize` checks: the sources' lockouts, and the caller's
         failure count (for a caller may fetch their state ahead, in a round trip it makes anyway).
         """
-        lockouts = tuple(key for key, _ in self._sources(req))
+        return self._keys(req, self._sources(req))
+
+    @staticmethod
+    def _keys(
+        req: AuthRequest, sources: list[tuple[str, int]]
+    ) -> tuple[tuple[str, ...], str | None]:
+        lockouts = tuple(key for key, _ in sources)
         return lockouts, (f"ani:{req.calling_number}" if req.calling_number else None)
 
     def authorize(
@@ -54,7 +60,7 @@ class SessionService:
         """Authorize unless a source is locked out. ``throttle`` is the state of
         :meth:`throttle_keys` (locked out, caller has failures) when the caller fetched it."""
         sources = self._sources(req)
-        keys, ani_key = self.throttle_keys(req)
+        keys, ani_key = self._keys(req, sources)
         locked, ani_failures = throttle or self.live.throttle_state(keys, ani_key)
         if locked:
             return Rejected(RejectReason.RETRIES_EXCEEDED)

@@ -57,13 +57,17 @@ def _h323(request: Request, name: str) -> str | None:
     return cisco_value(_text(value)) if value is not None else None
 
 
+def _number(request: Request, name: str, rules: NumberRules) -> str:
+    return normalize_number(_text(request.first(name, "")), rules)
+
+
 def auth_request(request: Request, nas_id: int, rules: NumberRules) -> AuthRequest:
     return AuthRequest(
         nas_id=nas_id,
         user_name=_text(request.first("User-Name", "")).strip(),
         password=request.password,
-        calling_number=normalize_number(_text(request.first("Calling-Station-Id", "")), rules),
-        called_number=normalize_number(_text(request.first("Called-Station-Id", "")), rules),
+        calling_number=_number(request, "Calling-Station-Id", rules),
+        called_number=_number(request, "Called-Station-Id", rules),
         acct_session_id=_text(request.first("Acct-Session-Id")) or None,
         conf_id=_h323(request, "h323-conf-id"),
     )
@@ -138,12 +142,8 @@ def acct_event(
         acct_session_id=_clip(_text(request.first("Acct-Session-Id")), SESSION_ID_WIDTH) or None,
         conf_id=_clip(_h323(request, "h323-conf-id"), SESSION_ID_WIDTH),
         user_name=_text(request.first("User-Name", "")).strip(),
-        calling_number=normalize_number(_text(request.first("Calling-Station-Id", "")), rules)[
-            :NUMBER_WIDTH
-        ],
-        called_number=normalize_number(_text(request.first("Called-Station-Id", "")), rules)[
-            :NUMBER_WIDTH
-        ],
+        calling_number=_number(request, "Calling-Station-Id", rules)[:NUMBER_WIDTH],
+        called_number=_number(request, "Called-Station-Id", rules)[:NUMBER_WIDTH],
         session_seconds=int(session_time) if session_time is not None else None,
         terminate_cause=_text(request.first("Acct-Terminate-Cause")) or None,
         leg=profile.leg_of(_h323(request, "h323-call-origin")),
