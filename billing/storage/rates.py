@@ -25,20 +25,16 @@ def candidate_prefixes(number: str) -> list[str]:
 
 
 def find_rate(session: Session, rate_group_id: int, number: str) -> RateRow | None:
-    """The rate of ``rate_group_id`` whose prefix is the longest prefix of ``number``.
+    """The rate of ``rate_group_id`` whose prefix is the longest prefix of ``number``, as a
+    stored row (the same query as :func:`rate_for`).
 
     ``number`` must already be normalized (digits only, international form); an empty or
     non-digit number matches nothing.
     """
     if not number or not (number.isascii() and number.isdigit()):
         return None
-    return session.scalars(
-        select(RateRow)
-        .where(RateRow.rate_group_id == rate_group_id)
-        .where(RateRow.prefix.in_(candidate_prefixes(number)))
-        .order_by(func.length(RateRow.prefix).desc())
-        .limit(1)
-    ).first()
+    params = {"rate_group": rate_group_id, **prefix_params(number)}
+    return session.scalars(select(RateRow).from_statement(RATE_BY_PREFIX), params).first()
 
 
 _rates = RateRow.__table__
