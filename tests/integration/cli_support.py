@@ -5,8 +5,8 @@ temporary file; PostgreSQL: a uniquely named database, dropped at the end), ``pr
 in-process, and calls written through the real billing path (:class:`Store`, the code the server
 runs). PostgreSQL unreachable: skipped, unless PREPAID_TEST_REQUIRE_SERVICES=1 (then failed).
 
-Each test module declares its fixtures with the bodies here (:func:`backend_for`,
-:func:`ctl_maker`), so that every module gets its own databases.
+The fixtures (``cli_backend``, ``make_ctl``, ``ctl``) are in ``conftest.py``, module-scoped, so
+that every module gets its own databases.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -100,16 +99,7 @@ class Backend:
 
 
 BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
-"""Parameters of each module's ``cli_backend`` fixture (see the module doc)."""
-
-
-def backend_for(kind: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
-    """The body of a module's ``cli_backend`` fixture."""
-    backend = Backend(kind, tmp_path_factory.mktemp(f"cli-{kind}"))
-    try:
-        yield backend
-    finally:
-        backend.close()
+"""Parameters of the ``cli_backend`` fixture (``conftest.py``)."""
 
 
 _COMMAND: Any = None
@@ -249,23 +239,6 @@ class Ctl:
     def close(self) -> None:
         if self._db is not None:
             self._db.dispose()
-
-
-def ctl_maker(
-    backend: Backend, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Callable[[], Ctl]]:
-    """The body of a module's ``make_ctl`` fixture: fresh, migrated databases on demand."""
-    made: list[Ctl] = []
-
-    def make() -> Ctl:
-        ctl = Ctl(backend.new_database(), tmp_path_factory.mktemp("state"))
-        ctl("db", "upgrade")
-        made.append(ctl)
-        return ctl
-
-    yield make
-    for ctl in made:
-        ctl.close()
 
 
 # ---------------------------------------------------------------------------------- helpers

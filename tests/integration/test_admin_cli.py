@@ -14,11 +14,11 @@ import stat
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from cli_support import BACKENDS, HEADER, Backend, Ctl, backend_for
+from cli_support import HEADER, Backend, Ctl
 from sqlalchemy.engine import make_url
 
 from billing.pins import luhn_valid, pin_hash
@@ -35,13 +35,6 @@ RATES = (
 
 
 # ---------------------------------------------------------------------------------- fixtures
-@pytest.fixture(scope="module", params=BACKENDS)
-def cli_backend(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Backend]:
-    yield from backend_for(request.param, tmp_path_factory)
-
-
 @pytest.fixture(scope="module")
 def make_ctl(cli_backend: Backend, tmp_path_factory: pytest.TempPathFactory) -> Callable[[], Ctl]:
     def make() -> Ctl:

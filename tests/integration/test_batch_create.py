@@ -7,14 +7,14 @@ PINs), a PIN already issued is never issued again, and a failure rolls everythin
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cli_support import BACKENDS, Backend, Ctl, backend_for, ctl_maker, make_group
+from cli_support import Ctl, make_group
 from sqlalchemy import func, select
 
 import billing.storage.admin as admin_module
@@ -24,25 +24,6 @@ from billing.storage.models import Batch, Card, LedgerEntry
 
 NOW = datetime.fromisoformat("2026-11-27T10:30:15.123456")
 KEY = b"k" * 32
-
-
-@pytest.fixture(scope="module", params=BACKENDS)
-def cli_backend(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Backend]:
-    yield from backend_for(request.param, tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def make_ctl(
-    cli_backend: Backend, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Callable[[], Ctl]]:
-    yield from ctl_maker(cli_backend, tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def ctl(make_ctl: Callable[[], Ctl]) -> Ctl:
-    return make_ctl()
 
 
 class Sink:

@@ -4,7 +4,7 @@ and the CLI's manners (help with examples everywhere, one-line errors)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -13,12 +13,8 @@ from typing import Any
 import pytest
 import typer
 from cli_support import (
-    BACKENDS,
     UK,
-    Backend,
     Ctl,
-    backend_for,
-    ctl_maker,
     make_batch,
     make_group,
     make_nas,
@@ -28,25 +24,6 @@ from cli_support import (
 from admin_cli.main import app
 from billing.storage.admin import Admin, AdminError
 from billing.storage.expiry import run_expiry
-
-
-@pytest.fixture(scope="module", params=BACKENDS)
-def cli_backend(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Backend]:
-    yield from backend_for(request.param, tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def make_ctl(
-    cli_backend: Backend, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Callable[[], Ctl]]:
-    yield from ctl_maker(cli_backend, tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def ctl(make_ctl: Callable[[], Ctl]) -> Ctl:
-    return make_ctl()
 
 
 def day(offset: int) -> date:

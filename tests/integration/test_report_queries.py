@@ -5,18 +5,14 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
 
 import pytest
 from cli_support import (
-    BACKENDS,
-    Backend,
     Ctl,
-    backend_for,
-    ctl_maker,
     make_batch,
     make_group,
 )
@@ -27,20 +23,6 @@ from billing.storage.models import Batch, Card, Cdr, LedgerEntry
 from billing.storage.reports import Reports, RevenueBy
 
 START = datetime.fromisoformat("2026-10-01T00:00:00")
-
-
-@pytest.fixture(scope="module", params=BACKENDS)
-def cli_backend(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Backend]:
-    yield from backend_for(request.param, tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def make_ctl(
-    cli_backend: Backend, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Callable[[], Ctl]]:
-    yield from ctl_maker(cli_backend, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

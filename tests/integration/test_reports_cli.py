@@ -7,20 +7,15 @@ from __future__ import annotations
 
 import random
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import pytest
 from cli_support import (
-    BACKENDS,
     UK,
-    Backend,
     Ctl,
-    backend_for,
-    ctl_maker,
     make_batch,
     make_group,
     make_nas,
@@ -35,25 +30,6 @@ from billing.storage.admin import Admin
 from billing.storage.models import Card, Cdr, LedgerEntry
 
 UK_RATE = Rate("44", Decimal("0.07"), Decimal("0.05"), 30, 6, 0)
-
-
-@pytest.fixture(scope="module", params=BACKENDS)
-def cli_backend(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Backend]:
-    yield from backend_for(request.param, tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def make_ctl(
-    cli_backend: Backend, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Callable[[], Ctl]]:
-    yield from ctl_maker(cli_backend, tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def ctl(make_ctl: Callable[[], Ctl]) -> Ctl:
-    return make_ctl()
 
 
 def day(offset: int) -> date:
