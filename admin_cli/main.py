@@ -1255,32 +1255,24 @@ def report_liability(ctx: typer.Context, fmt: FormatOpt = OutputFormat.TABLE) ->
         _say(f"total liability: {_money_totals(totals, places)}")
 
 
+_FAILURE_COLUMNS = [
+    "source",
+    "failures",
+    "unknown_pin",
+    "wrong_pin",
+    "card_locked",
+    "lockout",
+    "first_at",
+    "last_at",
+]
 SUSPICIOUS_SECTIONS = {
     "failures_by_ani": (
         "PIN failures by calling number",
-        [
-            "source",
-            "failures",
-            "unknown_pin",
-            "wrong_pin",
-            "card_locked",
-            "lockout",
-            "first_at",
-            "last_at",
-        ],
+        _FAILURE_COLUMNS,
     ),
     "failures_by_nas": (
         "PIN failures by NAS",
-        [
-            "source",
-            "failures",
-            "unknown_pin",
-            "wrong_pin",
-            "card_locked",
-            "lockout",
-            "first_at",
-            "last_at",
-        ],
+        _FAILURE_COLUMNS,
     ),
     "cards_many_anis": (
         "Cards used from many calling numbers",

@@ -41,26 +41,12 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-PG_BASE = os.environ.get("PREPAID_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+from bench.run import PG_BASE, log, pg_connect
+
 TARGET_SECONDS = 2.0
 DAYS = 60
 NAS_COUNT = 10
 SECURITY_EVENTS = 50_000
-
-
-def log(msg: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def pg_connect(dbname: str):  # noqa: ANN201
-    import psycopg2
-    from psycopg2.extensions import make_dsn, parse_dsn
-
-    params = parse_dsn(PG_BASE)
-    params["dbname"] = dbname
-    conn = psycopg2.connect(make_dsn(**params))
-    conn.autocommit = True
-    return conn
 
 
 # ------------------------------------------------------------------------------ data
