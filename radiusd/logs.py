@@ -1,4 +1,10 @@
-"""Structured logs: JSON lines on stdout (journald) or a console format for people."""
+"""Structured logs: JSON lines on stdout (journald) or a console format for people.
+
+Each line goes out in one ``write`` (structlog's ``WriteLogger``, not ``PrintLogger``, whose
+``print`` writes the text and its newline separately when stdout is unbuffered). With
+``workers = N`` every worker shares the service's stdout, and lines written whole (under the
+pipe's 4 KiB atomic size) never interleave there.
+"""
 
 from __future__ import annotations
 
@@ -27,6 +33,6 @@ def configure_logging(fmt: str = "json", level: str = "info") -> None:
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
         ),
-        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        logger_factory=structlog.WriteLoggerFactory(sys.stdout),
         cache_logger_on_first_use=True,
     )

@@ -178,8 +178,6 @@ def test_workers_share_the_ports_and_stop_together(
     """``workers = 2``: two processes bound to one pair of ports, serving, stopped as one."""
     import signal
 
-    from support import BIN
-
     dep, _, cache = setup
     auth, acct = free_port(), free_port()
     env = dict(
@@ -188,22 +186,13 @@ def test_workers_share_the_ports_and_stop_together(
         PREPAID_RADIUS_AUTH_PORT=str(auth),
         PREPAID_RADIUS_ACCT_PORT=str(acct),
     )
-    proc = subprocess.Popen(
-        [str(BIN / "prepaid-radiusd")],
-        env=env,
-        cwd=dep.dir,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    server = ServerProcess(env, dep.dir)  # reads the output on a thread: a silent worker fails
+    proc = server.proc
     try:
-        listening = 0
-        assert proc.stdout is not None
         deadline = time.monotonic() + 30
-        while listening < 2 and time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            listening += '"server.listening"' in line
-        assert listening == 2, "two workers must come up"
+        while len(server.events("server.listening")) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(server.events("server.listening")) == 2, "two workers must come up"
         children = subprocess.run(
             ["pgrep", "-P", str(proc.pid)], capture_output=True, text=True
         ).stdout.split()
@@ -221,6 +210,7 @@ def test_workers_share_the_ports_and_stop_together(
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0
+        server.stop()
     assert all(
         subprocess.run(["kill", "-0", pid], capture_output=True).returncode != 0 for pid in children
     )

@@ -1,0 +1,44 @@
+"""Log lines leave the process whole, so workers sharing one stdout never interleave them."""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+
+import pytest
+import structlog
+
+from radiusd.logs import configure_logging
+
+
+class _Raw(io.RawIOBase):
+    """An unbuffered file (what stdout is under ``PYTHONUNBUFFERED``) that keeps every write."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: bytes) -> int:  # type: ignore[override]
+        self.writes.append(bytes(data))
+        return len(data)
+
+
+@pytest.mark.parametrize("fmt", ["json", "console"])
+def test_each_log_line_is_one_write(monkeypatch: pytest.MonkeyPatch, fmt: str) -> None:
+    raw = _Raw()
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(raw, write_through=True))
+    try:
+        configure_logging(fmt)
+        log = structlog.get_logger()
+        log.info("server.listening", auth_port=1812, acct_port=1813)
+        log.warning("redis.unreachable", error="connection refused")
+    finally:
+        structlog.reset_defaults()
+    assert len(raw.writes) == 2
+    assert all(w.endswith(b"\n") and w.count(b"\n") == 1 for w in raw.writes)
+    if fmt == "json":
+        assert json.loads(raw.writes[0])["event"] == "server.listening"
+        assert json.loads(raw.writes[1])["error"] == "connection refused"
