@@ -237,6 +237,11 @@ def measure(
     meter: Meter, target: Target, scenario: str, unit: str, run: Callable[[], Result]
 ) -> Row:
     with meter.monitor.cursor() as cur:
+        # Statistics as autovacuum keeps them in steady state (it would analyze within a minute,
+        # longer than a scenario). Without this the tables of calls, which the warm-up has just
+        # grown from empty, keep the plans made when they were empty: PostgreSQL then reads every
+        # row of live_sessions per authorization. Analyzing invalidates those cached plans.
+        cur.execute("ANALYZE")
         cur.execute("CHECKPOINT")
     srv0, pg0, (idle0, total0) = meter.sample(target.proc.pid)
     result = run()
