@@ -252,8 +252,18 @@ class _Changing:
     def save(self, conn: Connection) -> None:
         """One UPDATE of the changed columns (none when nothing changed)."""
         if self.changed:
-            conn.execute(_UPDATE_BY_ID[self.table], {"b_id": self.values["id"], **self.changed})
+            _write(conn, _UPDATE_BY_ID[self.table], {"b_id": self.values["id"], **self.changed})
             self.changed = {}
+
+
+def _write(conn: Connection, statement: Any, params: dict[str, Any]) -> None:
+    """A write whose result is not read: deferred on the hot path (see ``HotConnection.defer``),
+    so it travels with the transaction's next statement or its COMMIT; at once elsewhere."""
+    defer = getattr(conn, "defer", None)
+    if defer is not None:
+        defer(statement, params)
+    else:
+        conn.execute(statement, params)
 
 
 def session_key(
@@ -421,7 +431,8 @@ class Store:
         if not isinstance(decision, Grant):
             return Rejected(decision.reason, serial)
         token = self._new_token()
-        conn.execute(
+        _write(
+            conn,
             INSERT_GRANT,
             {
                 "token": token,
@@ -704,7 +715,8 @@ class Store:
             },
         ).scalar_one()
         if call_cost != 0:
-            conn.execute(
+            _write(
+                conn,
                 INSERT_LEDGER,
                 {
                     "card_id": card["id"],

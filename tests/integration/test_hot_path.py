@@ -5,25 +5,32 @@ the same errors and the same recovery from a dropped connection as through SQLAl
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
 from datetime import timedelta
 from decimal import Decimal
+from typing import Any
 
+import psycopg2.extensions
 import pytest
 from sqlalchemy import Connection, create_engine, text
 from sqlalchemy.exc import IntegrityError
 from store_support import EPOCH, add_card, nas_id, pin_of, pin_request, store_fixture
 
 from billing.calls import Accepted, AcctEvent, AcctStatus
-from billing.storage.database import HotConnection, _Plan
+from billing.storage.database import Database, HotConnection, _Plan
 from billing.storage.rates import prefix_params
 from billing.storage.store import (
+    _UPDATE_BY_ID,
     CALL_FOR_UPDATE,
     CARD_BY_PIN,
     CARD_OF_TOKEN,
     INSERT_GRANT,
+    INSERT_LEDGER,
     OPEN_CALLS_AND_RATE,
     SessionPolicy,
     Store,
+    _cards,
+    _live,
 )
 
 serials = itertools.count(7_000_000_001)
@@ -37,6 +44,23 @@ def authorize(store: Store, serial: int, nas: int | None = None) -> Accepted:
     result = store.authorize(pin_request(nas, serial, f"s-{serial}"), EPOCH)
     assert isinstance(result, Accepted), result
     return result
+
+
+def start_and_stop(store: Store, granted: Accepted, nas: int, serial: int) -> list[str]:
+    """The granted call's Start, then its Stop after 125 s: the outcome of each."""
+    outcomes = []
+    for status, seconds in ((AcctStatus.START, None), (AcctStatus.STOP, 125)):
+        at = EPOCH + timedelta(seconds=seconds or 0)
+        event = AcctEvent(
+            nas_id=nas,
+            status=status,
+            event_at=at,
+            token=granted.token,
+            acct_session_id=f"s-{serial}",
+            session_seconds=seconds,
+        )
+        outcomes.append(store.account(event, at).outcome)
+    return outcomes
 
 
 def both_ways(
@@ -97,19 +121,7 @@ def test_every_statement_of_a_call_runs_on_the_hot_path(store: Store) -> None:
     serial = next(serials)
     add_card(store, serial, Decimal("5.00"))
     granted = authorize(store, serial)
-    for status, seconds in ((AcctStatus.START, None), (AcctStatus.STOP, 125)):
-        outcome = store.account(
-            AcctEvent(
-                nas_id=nas_id(store),
-                status=status,
-                event_at=EPOCH + timedelta(seconds=seconds or 0),
-                token=granted.token,
-                acct_session_id=f"s-{serial}",
-                session_seconds=seconds,
-            ),
-            EPOCH + timedelta(seconds=seconds or 0),
-        )
-        assert outcome.outcome in ("started", "billed")
+    assert start_and_stop(store, granted, nas_id(store), serial) == ["started", "billed"]
     plans = store.db._plans
     assert len(plans) >= 8
     unplanned = [
@@ -176,3 +188,133 @@ def test_a_dropped_connection_is_replaced_and_its_statements_prepared_again(
     # The first statement finds the connection dead; the transaction runs again on a new one,
     # which prepares its statements afresh.
     assert authorize(store, second, nas).session_seconds > 0
+
+
+class _CountingCursor(psycopg2.extensions.cursor):
+    """psycopg2's cursor, keeping the first word of each statement of every message it sends."""
+
+    messages: list[list[str]] = []
+
+    def execute(self, query: Any, vars: Any = None) -> Any:  # noqa: A002 - psycopg2's name
+        sql = query.decode() if isinstance(query, bytes) else query
+        self.messages.append([part.split()[0] for part in sql.split("; ")])
+        return super().execute(query, vars)
+
+
+@pytest.fixture
+def counted(store: Store) -> Iterator[list[list[str]]]:
+    """The store on connections whose every message to PostgreSQL is recorded."""
+    engine = create_engine(
+        store.db.engine.url, connect_args={"cursor_factory": _CountingCursor}, pool_size=1
+    )
+    real, store.db = store.db, Database(engine)
+    _CountingCursor.messages = []
+    try:
+        yield _CountingCursor.messages
+    finally:
+        store.db = real
+        engine.dispose()
+
+
+def test_each_packet_of_a_call_takes_three_or_four_round_trips(
+    store: Store, counted: list[list[str]]
+) -> None:
+    serial = next(serials)
+    add_card(store, serial, Decimal("5.00"))
+    authorize(store, serial)  # prepares the statements on this connection
+    second = next(serials)
+    add_card(store, second, Decimal("5.00"))
+    nas = nas_id(store)
+    counted.clear()
+    granted = authorize(store, second, nas)
+    auth = [m for m in counted if m[0] != "PREPARE"]
+    counted.clear()
+    assert start_and_stop(store, granted, nas, second) == ["started", "billed"]
+    calls = [m for m in counted if m[0] != "PREPARE"]
+    # BEGIN rides with the first statement, the writes with the next read or with COMMIT.
+    assert auth == [["BEGIN", "EXECUTE"], ["EXECUTE"], ["EXECUTE", "COMMIT"]]
+    assert calls == [
+        ["BEGIN", "EXECUTE"],  # Start: the card, by token
+        ["EXECUTE"],  # the call, locked
+        ["EXECUTE", "EXECUTE", "COMMIT"],  # the call and the card's first use
+        ["BEGIN", "EXECUTE"],  # Stop: the card
+        ["EXECUTE"],  # the call
+        ["EXECUTE", "EXECUTE"],  # the card's debit, then the CDR (its id read back)
+        ["EXECUTE", "EXECUTE", "COMMIT"],  # the ledger entry, the call closed
+    ]
+    with store.db.engine.connect() as conn:
+        balance, cdrs = conn.execute(
+            text(
+                "SELECT c.balance, (SELECT count(*) FROM cdrs d WHERE d.card_id = c.id) "
+                "FROM cards c WHERE c.serial = :s"
+            ),
+            {"s": second},
+        ).one()
+    assert (balance, cdrs) == (Decimal("4.8030"), 1)
+
+
+def test_deferred_writes_run_in_order_inside_the_transaction(store: Store) -> None:
+    serial = next(serials)
+    card_id = add_card(store, serial, Decimal("5.00"))
+    balance = text("SELECT balance FROM cards WHERE id = :id")
+    seen: list[Decimal] = []
+
+    def work(conn: Connection) -> None:
+        conn.defer(_UPDATE_BY_ID[_cards], {"b_id": card_id, "balance": Decimal("1.25")})  # type: ignore[attr-defined]
+        seen.append(conn.execute(balance, {"id": card_id}).scalar_one())  # through SQLAlchemy
+        raise RuntimeError("the request fails after its write")
+
+    with pytest.raises(RuntimeError):
+        store.db.run(work)
+    assert seen == [Decimal("1.25")]  # the write went out before the read
+    with store.db.engine.connect() as conn:
+        assert conn.execute(balance, {"id": card_id}).scalar_one() == Decimal("5.00")
+
+
+def test_a_deferred_write_that_fails_at_commit_rolls_everything_back(store: Store) -> None:
+    serial = next(serials)
+    card_id = add_card(store, serial, Decimal("5.00"))
+    taken = authorize(store, serial).token
+
+    def work(conn: Connection) -> None:
+        conn.defer(_UPDATE_BY_ID[_cards], {"b_id": card_id, "balance": Decimal("0.50")})  # type: ignore[attr-defined]
+        conn.defer(_UPDATE_BY_ID[_live], {"b_id": live_id, "token": taken + "x"})  # type: ignore[attr-defined]
+        conn.defer(INSERT_LEDGER, ledger)  # type: ignore[attr-defined]
+        conn.defer(_UPDATE_BY_ID[_live], {"b_id": other_id, "token": taken + "x"})  # type: ignore[attr-defined]
+
+    with store.db.engine.connect() as conn:
+        live_id = conn.execute(
+            text("SELECT id FROM live_sessions WHERE token = :t"), {"t": taken}
+        ).scalar_one()
+    other = next(serials)
+    add_card(store, other, Decimal("5.00"))
+    other_token = authorize(store, other).token
+    with store.db.engine.connect() as conn:
+        other_id = conn.execute(
+            text("SELECT id FROM live_sessions WHERE token = :t"), {"t": other_token}
+        ).scalar_one()
+    ledger = {
+        "card_id": card_id,
+        "kind": "adjustment",
+        "amount": Decimal("-4.50"),
+        "balance_after": Decimal("0.50"),
+        "cdr_id": None,
+        "note": "",
+        "created_at": EPOCH,
+    }
+    with pytest.raises(IntegrityError):  # the last write takes a token already taken
+        store.db.run(work)
+    with store.db.engine.connect() as conn:
+        balance, entries, tokens = conn.execute(
+            text(
+                "SELECT c.balance, (SELECT count(*) FROM ledger_entries e WHERE e.card_id = c.id),"
+                " (SELECT count(*) FROM live_sessions WHERE token IN (:a, :b))"
+                " FROM cards c WHERE c.id = :id"
+            ),
+            {"id": card_id, "a": taken, "b": other_token},
+        ).one()
+    assert (balance, entries, tokens) == (Decimal("5.00"), 0, 2)  # as before the transaction
+    # The connection went back clean: the next transaction on it works.
+    third = next(serials)
+    add_card(store, third, Decimal("5.00"))
+    authorize(store, third)
