@@ -318,3 +318,16 @@ def test_a_deferred_write_that_fails_at_commit_rolls_everything_back(store: Stor
     third = next(serials)
     add_card(store, third, Decimal("5.00"))
     authorize(store, third)
+
+
+@pytest.mark.parametrize("prepared", [True, False])
+def test_prepared_statements_are_planned_once_per_connection(
+    postgres_url: str, prepared: bool
+) -> None:
+    """PostgreSQL would otherwise re-plan the 40-parameter rate lookup at every execution."""
+    db = Database.from_url(postgres_url, pool_size=1, prepared_statements=prepared)
+    try:
+        mode = db.run(lambda conn: conn.exec_driver_sql("SHOW plan_cache_mode").scalar())
+    finally:
+        db.dispose()
+    assert mode == ("force_generic_plan" if prepared else "auto")
