@@ -25,6 +25,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -143,6 +144,10 @@ class BindNumber(Base):
     created_at: Mapped[UtcTime]
 
 
+_OPEN = text("state IN ('authorized', 'started')")
+_FINISHED = text("state IN ('closed', 'released')")
+
+
 class LiveSession(Base):
     """A call from its authorization until it ends (and, closed, for a while after).
 
@@ -154,9 +159,12 @@ class LiveSession(Base):
 
     __tablename__ = "live_sessions"
     __table_args__ = (
-        Index("ix_live_sessions_card_id_state", "card_id", "state"),
-        Index("ix_live_sessions_nas_id_state", "nas_id", "state"),
-        Index("ix_live_sessions_state_deadline_at", "state", "deadline_at"),
+        # On PostgreSQL the open-call indexes hold open calls only, the purge's finished ones
+        # only (revision 0004); SQLite has them whole.
+        Index("ix_live_sessions_card_id_state", "card_id", "state", postgresql_where=_OPEN),
+        Index("ix_live_sessions_nas_id_state", "nas_id", "state", postgresql_where=_OPEN),
+        Index("ix_live_sessions_state_deadline_at", "state", "deadline_at", postgresql_where=_OPEN),
+        Index("ix_live_sessions_closed_at", "closed_at", postgresql_where=_FINISHED),
     )
 
     id: Mapped[int] = mapped_column(IdFk, primary_key=True)

@@ -243,3 +243,20 @@ def test_stop_of_an_authorized_call_is_a_handful_of_statements(store: Store) -> 
     ]
     with store.db.transaction() as s:
         assert s.scalar(select(func.count(Cdr.id)).where(Cdr.card_id == call.card_id)) == 1
+
+
+def test_finished_calls_are_purged_once_past_the_retention(store: Store) -> None:
+    """Kept ``closed_session_retention_days`` (30) after they closed, for late duplicates; then
+    the reaper deletes them (through the index on finished calls' ``closed_at``); the CDR stays."""
+    call = Call(store)
+    call.send(AcctStatus.START, 0)
+    call.send(AcctStatus.STOP, 130, seconds=125)
+    store.reap(EPOCH + timedelta(days=30, seconds=129))
+    assert call.live().state == "closed"  # closed 30 days ago less a second: kept
+    assert store.reap(EPOCH + timedelta(days=30, seconds=131)).purged >= 1
+    with store.db.transaction() as s:
+        left = s.scalar(
+            select(func.count(LiveSession.id)).where(LiveSession.card_id == call.card_id)
+        )
+    assert left == 0
+    assert [c.cost for c in call.cdrs()] == [CALL_COST]
