@@ -467,6 +467,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cards", type=int, help="cards to create (default 100000, quick 20000)")
     parser.add_argument("--rates", type=int, help="rates in the group (default 1000, quick 100)")
     parser.add_argument(
+        "--card-value",
+        default="5.00",
+        help="value of each card (default 5.00, about 40 calls of the benchmark's; give few "
+        "cards more, or they run out of money and the runs measure cheap rejects)",
+    )
+    parser.add_argument(
         "--duration", type=float, help="measured seconds per scenario (default 20, quick 6)"
     )
     parser.add_argument(
@@ -608,7 +614,7 @@ def main(argv: list[str] | None = None) -> int:
                 "--type",
                 "standard",
                 "--value",
-                "5.00",
+                args.card_value,
                 "--count",
                 str(cards),
                 "--output",
@@ -733,7 +739,8 @@ def main(argv: list[str] | None = None) -> int:
         info = machine()
         print()
         print(
-            f"Prepaid AAA benchmark: {cards} cards, {rates} rates, {plan.duration:.0f} s per "
+            f"Prepaid AAA benchmark: {cards} cards of {args.card_value}, {rates} rates, "
+            f"{plan.duration:.0f} s per "
             f"scenario, window {plan.window}, server workers {args.workers}"
         )
         print(
