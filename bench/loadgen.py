@@ -30,7 +30,7 @@ import socket
 import struct
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from dataclasses import dataclass, field
 
 ACCESS_REQUEST, ACCESS_ACCEPT, ACCESS_REJECT = 1, 2, 3
@@ -129,11 +129,11 @@ class Txn:
 class Workload:
     """Builds the transactions of one scenario: which card, which numbers, which PIN.
 
-    ``fail_share`` of the transactions are ``fail`` (a well-formed, Luhn-valid PIN that is no
-    card's, each from its own Calling-Station-Id); the others are ``kind``. Cards are taken in
-    turn from ``pins`` starting at ``first_card``, so with enough cards a card is never in two
-    calls at once, and a card a previous scenario left held (an authorization without
-    accounting holds its card until the grant times out) is not used again soon.
+    ``fail_share`` of the transactions are ``fail`` (a well-formed, Luhn-valid PIN that is none
+    of ``issued``, each from its own Calling-Station-Id); the others are ``kind``. Cards are
+    taken from ``pins`` starting at ``first_card`` (see :meth:`LoadGenerator.plan`), so a card
+    a previous scenario left held (an authorization without accounting holds its card until the
+    grant times out) is not used again soon.
     """
 
     def __init__(
@@ -146,6 +146,7 @@ class Workload:
         seed: int = 1,
         first_card: int = 0,
         call_seconds: int = 60,
+        issued: Container[str] = (),
     ) -> None:
         self.name = name
         self.kind = kind
@@ -155,6 +156,7 @@ class Workload:
         self.rng = random.Random(seed)
         self.call_seconds = call_seconds
         self.next_card = first_card
+        self.issued = issued
         self.counter = 0
         self.tag = f"{name}-{seed}-{os.getpid()}"
 
@@ -162,10 +164,16 @@ class Workload:
         return (prefix + "".join(self.rng.choices("0123456789", k=digits))).encode()
 
     def wrong_pin(self) -> str:
-        payload = "9" + "".join(self.rng.choices("0123456789", k=10))
-        return payload + luhn_digit(payload)
+        """A well-formed, Luhn-valid 12-digit PIN that is none of ``issued``."""
+        while True:
+            payload = "9" + "".join(self.rng.choices("0123456789", k=10))
+            pin = payload + luhn_digit(payload)
+            if pin not in self.issued:
+                return pin
 
-    def make(self, ident: int) -> Txn:
+    def make(self, ident: int, card: int | None = None) -> Txn:
+        """One transaction on Identifier ``ident``; its card is ``pins[card]`` (modulo their
+        number) when given, else the next in turn."""
         self.counter += 1
         called = self._number("44", 10)
         calling = self._number("1555", 8)
@@ -173,8 +181,10 @@ class Workload:
             pin = self.wrong_pin().encode()
             kind = "fail"
         else:
-            pin = self.pins[self.next_card % len(self.pins)].encode()
-            self.next_card += 1
+            if card is None:
+                card = self.next_card
+                self.next_card += 1
+            pin = self.pins[card % len(self.pins)].encode()
             kind = self.kind
         common = (
             attr(USER_NAME, pin)
@@ -285,9 +295,25 @@ class LoadGenerator:
             sock.close()
 
     def plan(self, workload: Workload, count: int) -> list[Txn]:
-        """Encode ``count`` transactions; transaction i belongs to slot i % slots."""
+        """Encode ``count`` transactions; transaction i belongs to slot i % slots.
+
+        Each slot has cards of its own, from the workload's cursor on: in its round r, slot s
+        uses card s + slots * (r mod rounds), where ``rounds`` is how many cards each slot can
+        have. A slot runs one transaction at a time, so with at least as many cards as slots a
+        card is never in two transactions at once, however few the cards: they are only
+        reused, each by its own slot. (Taken in one turn over all slots, as before, a few cards
+        came back to a card still in a call on a slot that had fallen behind, and the server
+        rightly refused it as in use.)
+        """
         n = len(self.slots)
-        return [workload.make(self.slots[i % n].ident) for i in range(count)]
+        rounds = max(1, len(workload.pins) // n)
+        base = workload.next_card
+        txns = [
+            workload.make(self.slots[i % n].ident, card=base + i % n + n * ((i // n) % rounds))
+            for i in range(count)
+        ]
+        workload.next_card = base + min(count, rounds * n)
+        return txns
 
     # -------------------------------------------------------------------------- running
     def closed_loop(self, txns: list[Txn], duration: float) -> Result:

@@ -36,7 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -289,8 +289,10 @@ def scenario_run(
     plan: Plan,
     meter: Meter,
     seed: int,
+    issued: Container[str] = (),
 ) -> tuple[Row, int]:
-    """One scenario against one server; also returns the card cursor it reached."""
+    """One scenario against one server; also returns the card cursor it reached. The wrong
+    PINs of the mixed load are drawn outside ``issued``."""
     secret = SECRET.encode()
     kind = {"auth": "auth"}.get(scenario, "call")
     fail_share = 0.1 if scenario.startswith("mixed") else 0.0
@@ -303,6 +305,7 @@ def scenario_run(
         fail_share=fail_share,
         seed=seed,
         first_card=cursor[part],
+        issued=issued,
     )
     unit = {"auth": "auth", "calls": "call"}.get(scenario, "txn")
     if scenario == "mixed-open":
@@ -637,6 +640,9 @@ def main(argv: list[str] | None = None) -> int:
         with out.open() as fh:
             all_pins = [row["pin"] for row in csv.DictReader(fh)]
         random.Random(11).shuffle(all_pins)
+        # A random well-formed PIN is a card's one time in 100,000 with a million 12-digit cards
+        # (the density the batch allows): the mixed load's wrong PINs must be no card's.
+        issued = frozenset(all_pins)
         n = len(all_pins)
         pins = {
             "auth": all_pins[: n // 2],  # an authorization holds its card for start_timeout
@@ -705,7 +711,7 @@ def main(argv: list[str] | None = None) -> int:
                 if args.profile and scenario == args.profile_scenario and target.name == "prepaid":
                     profiler = start_profiler(args.profile, server.pid, plan, not args.profile_wall)
                 row, reached = scenario_run(
-                    scenario, target, pins, start_cursor, plan, meter, seed=100 + i
+                    scenario, target, pins, start_cursor, plan, meter, seed=100 + i, issued=issued
                 )
                 part = {"auth": "auth", "calls": "calls"}.get(scenario, "mixed")
                 cursor[part] = max(cursor[part], reached)
