@@ -48,10 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     from twisted.internet import reactor
     from twisted.internet.error import CannotListenError
 
-    from radiusd.app import start
+    from radiusd.app import freeze_start_up_objects, start
 
     try:
-        start(settings, reactor)
+        running = start(settings, reactor)
     except (ConfigError, SchemaNotReady, KeyError_) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, CannotListenError) as exc:
         print(f"error: cannot listen: {exc}", file=sys.stderr)
         return 2
+    running.metrics.gc_frozen.set(freeze_start_up_objects())
     reactor.run()  # type: ignore[attr-defined,misc]
     log.info("server.stopped")
     return 0

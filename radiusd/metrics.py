@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    ProcessCollector,
+)
 
 
 class Metrics:
@@ -50,6 +57,14 @@ class Metrics:
             registry=self.registry,
         )
         self.nas_clients = Gauge("prepaid_nas_clients", "Known NAS clients", registry=self.registry)
+        self.gc_frozen = Gauge(
+            "prepaid_gc_frozen_objects",
+            "Objects of start-up kept out of the garbage collector's passes (gc.freeze)",
+            registry=self.registry,
+        )
+        # The standard process_* (CPU, memory, file descriptors) and python_gc_* series.
+        ProcessCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
 
     def summary(self) -> str:
         """Totals for a Status-Server Reply-Message (RADIUS has no standard counters)."""

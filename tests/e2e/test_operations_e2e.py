@@ -89,6 +89,14 @@ def test_metrics_endpoint_counts_requests_and_drops(
     assert 'prepaid_radius_requests_total{kind="acct",result="ack"}' in body
     assert 'prepaid_radius_drops_total{reason="short-packet"}' in body
     assert "prepaid_radius_latency_seconds_bucket" in body
+    assert "process_resident_memory_bytes" in body and "python_gc_collections_total" in body
+    # Start-up objects are out of the collector's full passes (a 50 ms pause each, otherwise).
+    frozen = next(
+        float(line.split()[1])
+        for line in body.splitlines()
+        if line.startswith("prepaid_gc_frozen_objects ")
+    )
+    assert frozen > 10_000
 
 
 def test_status_server_reply_carries_counters(server: ServerProcess) -> None:
