@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, NoReturn, TypeVar, cast
 
 from sqlalchemy import Connection, Engine, create_engine, event, inspect
 from sqlalchemy.engine import make_url
@@ -409,9 +409,7 @@ class HotConnection:
         try:
             return cast(bytes, self._raw_cursor().mogrify(plan.sql, args))
         except self._conn.dialect.loaded_dbapi.Error as exc:
-            cursor, self._cursor = self._cursor, None  # SQLAlchemy closes it
-            self._conn._handle_dbapi_exception(exc, plan.sql, args, cursor, None)
-            raise  # not reached: the call above raises
+            self._raise(exc, plan.sql, args)
 
     def _send(self, last: bytes | None) -> Any:
         """One message: ``BEGIN`` if not yet sent, the deferred writes, then ``last``."""
@@ -441,13 +439,15 @@ class HotConnection:
         try:
             cursor.execute(sql)
         except self._conn.dialect.loaded_dbapi.Error as exc:
-            # SQLAlchemy's own handling: the matching exception class, and on a disconnect the
-            # connection (and the pool's older ones) invalidated, as for any statement.
-            text = sql.decode(errors="replace") if isinstance(sql, bytes) else sql
-            self._cursor = None  # SQLAlchemy closes it
-            self._conn._handle_dbapi_exception(exc, text, (), cursor, None)
-            raise  # not reached: the call above raises
+            self._raise(exc, sql.decode(errors="replace") if isinstance(sql, bytes) else sql, ())
         return cursor
+
+    def _raise(self, exc: Exception, sql: str, params: Any) -> NoReturn:
+        """A driver error raised as SQLAlchemy's own handling raises it: the matching exception
+        class, and on a disconnect the connection (and the pool's older ones) invalidated."""
+        cursor, self._cursor = self._cursor, None  # SQLAlchemy closes it
+        self._conn._handle_dbapi_exception(exc, sql, params, cursor, None)
+        raise AssertionError("unreachable: SQLAlchemy raised")
 
     def _compile(self, statement: Executable, keys: list[str]) -> _Plan | None:
         """The statement's plan, or None when it needs SQLAlchemy's execution (expanding
