@@ -61,7 +61,9 @@ class SessionService:
         :meth:`throttle_keys` (locked out, caller has failures) when the caller fetched it."""
         sources = self._sources(req)
         keys, ani_key = self._keys(req, sources)
-        locked, ani_failures = throttle or self.live.throttle_state(keys, ani_key)
+        if throttle is None:
+            throttle = self.live.throttle_state(keys, ani_key)
+        locked, ani_failures = throttle
         if locked:
             return Rejected(RejectReason.RETRIES_EXCEEDED)
         result = self.store.authorize(req, now)
