@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,6 +90,14 @@ class ServerProcess:
     def output(self) -> str:
         with self._lock:
             return "\n".join(self.lines)
+
+    def metrics(self) -> str:
+        """The Prometheus endpoint's text, as a scraper reads it."""
+        assert self.metrics_port, "metrics are off for this server"
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5
+        ) as resp:
+            return str(resp.read().decode())
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -174,6 +183,18 @@ class Deployment:
         server = ServerProcess(env, self.dir)
         self.servers.append(server)
         return server
+
+    def run_server(self, **settings: str) -> subprocess.CompletedProcess[str]:
+        """``prepaid-radiusd`` run until it exits (one that must refuse to start), its output
+        captured."""
+        return subprocess.run(
+            [str(BIN / "prepaid-radiusd")],
+            env={**self.env, **settings},
+            cwd=self.dir,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
 
     def stop_all(self) -> None:
         for server in self.servers:

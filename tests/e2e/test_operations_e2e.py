@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import urllib.request
 from collections.abc import Iterator
 
 import pytest
@@ -80,11 +79,7 @@ def test_metrics_endpoint_counts_requests_and_drops(
     nas.send_raw(b"\x01\x02junk", server.auth_port, timeout=0.3)
     nas.close()
     server.wait_for("radius.drop", reason="short-packet")
-    assert server.metrics_port
-    with urllib.request.urlopen(
-        f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5
-    ) as resp:
-        body = resp.read().decode()
+    body = server.metrics()
     assert 'prepaid_radius_requests_total{kind="auth",result="accept"}' in body
     assert 'prepaid_radius_requests_total{kind="acct",result="ack"}' in body
     assert 'prepaid_radius_drops_total{reason="short-packet"}' in body
@@ -113,22 +108,11 @@ def test_status_server_reply_carries_counters(server: ServerProcess) -> None:
 
 def test_server_exits_with_a_clear_error_when_its_port_is_taken(deployment: Deployment) -> None:
     import socket
-    import subprocess
-
-    from support import BIN
 
     taken = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     taken.bind(("127.0.0.1", 0))
     try:
-        env = dict(deployment.env, PREPAID_RADIUS_AUTH_PORT=str(taken.getsockname()[1]))
-        proc = subprocess.run(
-            [str(BIN / "prepaid-radiusd")],
-            env=env,
-            cwd=deployment.dir,
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+        proc = deployment.run_server(PREPAID_RADIUS_AUTH_PORT=str(taken.getsockname()[1]))
     finally:
         taken.close()
     assert proc.returncode == 2
