@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from store_support import EPOCH, add_card, nas_id, pin_of, pin_request, store_fixture
 
 from billing.calls import Accepted, AcctEvent, AcctStatus
-from billing.storage.database import Database, HotConnection, _Plan
+from billing.storage.database import Database, HotConnection
 from billing.storage.rates import prefix_params
 from billing.storage.store import (
     _UPDATE_BY_ID,
@@ -117,19 +117,6 @@ def rate_group(store: Store) -> int:
         return int(conn.execute(text("SELECT id FROM rate_groups")).scalar_one())
 
 
-def test_every_statement_of_a_call_runs_on_the_hot_path(store: Store) -> None:
-    serial = next(serials)
-    add_card(store, serial, Decimal("5.00"))
-    granted = authorize(store, serial)
-    assert start_and_stop(store, granted, nas_id(store), serial) == ["started", "billed"]
-    plans = store.db._plans
-    assert len(plans) >= 8
-    unplanned = [
-        key for key, plan in plans.items() if not (isinstance(plan, _Plan) and plan.prepare)
-    ]
-    assert unplanned == []
-
-
 def test_a_unique_violation_is_sqlalchemys_integrity_error(store: Store) -> None:
     serial = next(serials)
     card_id = add_card(store, serial, Decimal("5.00"))
@@ -219,6 +206,8 @@ def counted(store: Store) -> Iterator[list[list[str]]]:
 def test_each_packet_of_a_call_takes_three_or_four_round_trips(
     store: Store, counted: list[list[str]]
 ) -> None:
+    """As PostgreSQL receives them: every statement of a call a prepared ``EXECUTE`` (none
+    left to SQLAlchemy's path), in three or four messages per packet."""
     serial = next(serials)
     add_card(store, serial, Decimal("5.00"))
     authorize(store, serial)  # prepares the statements on this connection
