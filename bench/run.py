@@ -336,7 +336,7 @@ def scenario_run(
         warm = gen.plan(workload, plan.window * 8)
         first = gen.closed_loop(warm, plan.warmup)
         rate = first.done_total / max(first.wall, 1e-3)
-        count = int(rate * plan.duration * 2.0) + plan.window * 8
+        count = int(rate * plan.duration * 3.0) + plan.window * 8
         txns = gen.plan(workload, count)
         row = measure(meter, target, scenario, unit, lambda: gen.closed_loop(txns, plan.duration))
         return row, workload.next_card

@@ -8,6 +8,7 @@ requests are refused without touching the database.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -59,14 +60,50 @@ class SessionService:
     ) -> AuthResult:
         """Authorize unless a source is locked out. ``throttle`` is the state of
         :meth:`throttle_keys` (locked out, caller has failures) when the caller fetched it."""
+        (result,), _ = self.process([(req, now, throttle)], [])
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def process(
+        self,
+        auths: Sequence[tuple[AuthRequest, datetime, tuple[bool, bool] | None]],
+        accts: Sequence[tuple[AcctEvent, datetime]],
+    ) -> tuple[list[AuthResult | Exception], list[AcctResult | Exception]]:
+        """Authorizations and accounting events of one batch, in one database transaction
+        (:meth:`Store.process`): a result each, or the database error that stopped it.
+
+        An authorization whose source is locked out is refused without the database; its
+        ``throttle`` is the state of :meth:`throttle_keys` when the caller fetched it, else it
+        is fetched here.
+        """
+        results: list[AuthResult | Exception | None] = [None] * len(auths)
+        todo: list[tuple[int, bool]] = []  # (index, caller has failures counted)
+        for index, (req, _, throttle) in enumerate(auths):
+            if throttle is None:
+                throttle = self.live.throttle_state(*self.throttle_keys(req))
+            locked, ani_failures = throttle
+            if locked:
+                results[index] = Rejected(RejectReason.RETRIES_EXCEEDED)
+            else:
+                todo.append((index, ani_failures))
+        stored, acct_results = self.store.process(
+            [(auths[i][0], auths[i][1]) for i, _ in todo], accts
+        )
+        for (index, ani_failures), result in zip(todo, stored, strict=True):
+            req, now, _ = auths[index]
+            if not isinstance(result, Exception):
+                result = self._after(req, now, result, ani_failures)
+            results[index] = result
+        return [r for r in results if r is not None], acct_results
+
+    def _after(
+        self, req: AuthRequest, now: datetime, result: AuthResult, ani_failures: bool
+    ) -> AuthResult:
+        """Count a guessed PIN against its sources (locking them out at their limit), or clear
+        the caller's failures after a success."""
         sources = self._sources(req)
-        keys, ani_key = self._keys(req, sources)
-        if throttle is None:
-            throttle = self.live.throttle_state(keys, ani_key)
-        locked, ani_failures = throttle
-        if locked:
-            return Rejected(RejectReason.RETRIES_EXCEEDED)
-        result = self.store.authorize(req, now)
+        _, ani_key = self._keys(req, sources)
         if isinstance(result, Rejected) and result.reason in GUESS_REASONS:
             if (
                 result.reason == RejectReason.UNKNOWN_ACCOUNT

@@ -55,6 +55,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "acct_interim_interval": 60,  # asked of the NAS in every Accept; 0: not sent
         "max_queue_seconds": 2.0,  # a request waiting longer for a worker is dropped (overload)
         "max_pending": 1000,  # requests waiting for a worker, at most; more are dropped
+        "batch_size": 64,  # requests handled together (one transaction), at most
+        "concurrent_batches": 2,  # batches on the worker threads at once
     },
     "billing": {
         "max_session_seconds": 10800,

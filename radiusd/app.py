@@ -91,6 +91,9 @@ def freeze_start_up_objects() -> int:
 
 def start(settings: Settings, reactor: Any) -> Running:
     """Open the database, load the NAS table, listen, and schedule housekeeping."""
+    for key in ("batch_size", "concurrent_batches"):
+        if int(settings["radius"][key]) < 1:
+            raise ConfigError(f"[radius] {key} must be at least 1")
     if int(settings["server"]["workers"]) > 1 and not settings.redis_url:
         raise ConfigError("workers > 1 needs [redis] url: processes must share live state")
     db = Database.from_url(
@@ -152,6 +155,8 @@ def start(settings: Settings, reactor: Any) -> Running:
     server = RadiusServer(reactor, pool, handler, nas_table, local, metrics)
     bind = str(radius["bind"])
     server.max_pending = int(radius["max_pending"])
+    server.batch_size = int(radius["batch_size"])
+    server.concurrent_batches = int(radius["concurrent_batches"])
     handler.clock = reactor.seconds
     handler.max_queue_seconds = float(radius["max_queue_seconds"])
     reuse = bool(settings["server"]["reuse_port"])

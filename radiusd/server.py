@@ -15,8 +15,10 @@ so the NAS retries or fails over and nothing is lost.
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import structlog
@@ -27,7 +29,15 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
-from billing.calls import Accepted, AcctResult, AuthRequest, Nas, Rejected, utc_from_epoch
+from billing.calls import (
+    Accepted,
+    AcctEvent,
+    AcctResult,
+    AuthRequest,
+    Nas,
+    Rejected,
+    utc_from_epoch,
+)
 from billing.domain import RejectReason
 from billing.numbers import NumberRules
 from billing.service import SessionService
@@ -69,8 +79,39 @@ class Outcome:
     fields: dict[str, Any]
 
 
+@dataclass(slots=True)
+class Job:
+    """One datagram waiting for, or in, a batch."""
+
+    kind: str
+    nas: Nas
+    data: bytes
+    cache_key: str
+    arrival: float
+
+
+#: What a job came to: a reply (or none, for a replayed one in flight elsewhere), or why not.
+JobResult = Outcome | BaseException
+
+
+@dataclass(slots=True)
+class _Decoded:
+    index: int
+    job: Job
+    request: Request
+    call: AuthRequest | None  # an Access-Request's authorization (None: refused as malformed)
+    throttle: tuple[bool, bool] | None = None
+
+
 class Handler:
-    """Processes one datagram on a worker thread and returns the reply bytes (or None)."""
+    """Processes batches of datagrams on a worker thread; returns a reply (or why none) each.
+
+    A batch is whatever arrived while the previous ones were being processed (see
+    :class:`RadiusServer`): one datagram at low load, dozens at high load. Its requests share
+    one round trip to Redis for their claims and one for their cached replies, and one
+    database transaction (:meth:`SessionService.process`); each still gets its own decision,
+    reply and log line.
+    """
 
     def __init__(
         self,
@@ -98,47 +139,87 @@ class Handler:
         self.clock: Callable[[], float] = time.time
         self.max_queue_seconds = 2.0
         self.status_text: Callable[[], str] = lambda: "Prepaid AAA is up"
-        self.last_wait = 0.0  # how long the last request taken up had waited for a thread
+        self.last_wait = 0.0  # how long the last batch taken up had waited for a thread
 
     def handle(self, kind: str, nas: Nas, data: bytes, cache_key: str, arrival: float) -> Outcome:
-        waited = self.clock() - arrival
-        self.last_wait = waited  # read by the reactor to shed load at the door
-        if waited > self.max_queue_seconds:
-            # The NAS has given up on this one (and retransmitted, or failed over): answering
-            # now only delays the requests behind it. Shed load instead of falling behind.
-            raise Drop("queue-timeout")
-        request = self._decode(kind, nas, data)
-        call = None
-        if kind == AUTH and request.code == ACCESS_REQUEST:
-            call = translate.auth_request(request, nas.id, self.rules)
-            if request.chap or translate.oversized(call):
-                call = None  # refused as malformed below, without the service
+        """One datagram as a batch of its own; raises what would drop it."""
+        (result,) = self.handle_batch([Job(kind, nas, data, cache_key, arrival)])
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def handle_batch(self, jobs: list[Job]) -> list[JobResult]:
+        results: list[JobResult | None] = [None] * len(jobs)
+        now = self.clock()
+        self.last_wait = now - jobs[0].arrival  # the oldest: read by the reactor to shed load
+        decoded: list[_Decoded] = []
+        for index, job in enumerate(jobs):
+            if now - job.arrival > self.max_queue_seconds:
+                # The NAS has given up on this one (and retransmitted, or failed over):
+                # answering now only delays the requests behind it. Shed load instead.
+                results[index] = Drop("queue-timeout")
+                continue
+            try:
+                request = self._decode(job.kind, job.nas, job.data)
+            except Malformed as exc:
+                results[index] = exc
+                continue
+            call = None
+            if job.kind == AUTH and request.code == ACCESS_REQUEST:
+                call = translate.auth_request(request, job.nas.id, self.rules)
+                if request.chap or translate.oversized(call):
+                    call = None  # refused as malformed below, without the service
+            decoded.append(_Decoded(index, job, request, call))
         shared = self.shared_replies
-        if shared is None:
-            return self._process(kind, nas, request, call, cache_key, arrival, None)
-        # Another process (or host) may have this request: the NAS retransmitted to it, or
-        # failed over. Claim it in the shared cache; replay its reply, or leave it to them.
-        # An authorization's throttling state comes in the same round trip.
-        throttle = None
-        if call is not None:
-            keys, failure_key = self.service.throttle_keys(call)
-            (claimed, cached), throttle = shared.claim_and_throttle(
-                cache_key, self.reply_ttl, keys, failure_key
-            )
-        else:
-            claimed, cached = shared.reply_claim(cache_key, self.reply_ttl)
-        if cached is not None:
-            return Outcome(cached, {"decision": "replayed"})
-        if not claimed:
-            raise Drop("in-flight-elsewhere")
-        try:
-            outcome = self._process(kind, nas, request, call, cache_key, arrival, throttle)
-        except BaseException:
-            shared.reply_release(cache_key)
-            raise
-        if outcome.data is not None:
-            shared.reply_put(cache_key, outcome.data, self.reply_ttl)
-        return outcome
+        if shared is not None and decoded:
+            decoded = self._claim(shared, decoded, results)
+        if decoded:
+            try:
+                self._process(decoded, results)
+            except BaseException as exc:
+                unanswered = [d for d in decoded if results[d.index] is None]
+                if shared is not None:
+                    shared.reply_release_many([d.job.cache_key for d in unanswered])
+                if not isinstance(exc, SQLAlchemyError | RedisError):
+                    raise
+                for d in unanswered:
+                    results[d.index] = exc
+            else:
+                if shared is not None:
+                    answered = [
+                        (d.job.cache_key, out.data)
+                        for d in decoded
+                        if isinstance(out := results[d.index], Outcome) and out.data is not None
+                    ]
+                    shared.reply_put_many(answered, self.reply_ttl)
+        return [r if r is not None else Drop("internal-error") for r in results]
+
+    def _claim(
+        self, shared: LiveState, decoded: list[_Decoded], results: list[JobResult | None]
+    ) -> list[_Decoded]:
+        """Another process (or host) may have a request: the NAS retransmitted to it, or failed
+        over. Claim them all in the shared cache in one round trip; replay what was answered,
+        leave what is in flight to whoever has it. An authorization's throttling state comes in
+        the same round trip."""
+        claims = []
+        for d in decoded:
+            keys: tuple[str, ...] | None = None
+            failure_key = None
+            if d.call is not None:
+                keys, failure_key = self.service.throttle_keys(d.call)
+            claims.append((d.job.cache_key, keys, failure_key))
+        mine = []
+        for d, ((claimed, cached), throttle) in zip(
+            decoded, shared.claim_many(claims, self.reply_ttl), strict=True
+        ):
+            if cached is not None:
+                results[d.index] = Outcome(cached, {"decision": "replayed"})
+            elif not claimed:
+                results[d.index] = Drop("in-flight-elsewhere")
+            else:
+                d.throttle = throttle
+                mine.append(d)
+        return mine
 
     def _decode(self, kind: str, nas: Nas, data: bytes) -> Request:
         # The Message-Authenticator policy guards Access-Request (BlastRADIUS); accounting is
@@ -150,59 +231,71 @@ class Handler:
             self.on_first_ma(nas)
         return request
 
-    def _process(
-        self,
-        kind: str,
-        nas: Nas,
-        request: Request,
-        call: AuthRequest | None,
-        cache_key: str,
-        arrival: float,
-        throttle: tuple[bool, bool] | None,
-    ) -> Outcome:
-        """Answer a decoded request; ``call`` is its authorization (None: a malformed one),
-        ``throttle`` its throttling state when already fetched."""
-        profile = PROFILES.get(nas.profile, PROFILES["generic"])
-        fields: dict[str, Any] = {}
-        if request.code == STATUS_SERVER:
-            code = ACCESS_ACCEPT if kind == AUTH else ACCOUNTING_RESPONSE
-            reply = Reply(code, [("Reply-Message", self.status_text())])
-            fields["decision"] = "status"
-        elif kind == AUTH and request.code == ACCESS_REQUEST:
-            fields["packet"] = "access-request"
-            if call is None:
-                # CHAP (a CHAP response cannot be checked against a PIN hash: PAP only), or a
-                # number wider than a call stores.
-                result: Any = Rejected(RejectReason.MALFORMED)
-            else:
-                fields.update(ani=call.calling_number, called=call.called_number)
-                result = self.service.authorize(call, utc_from_epoch(arrival), throttle)
-            reply = translate.auth_reply(result, profile, self.places, self.interim_interval)
-            if isinstance(result, Accepted):
-                fields.update(
-                    decision="accept",
-                    serial=result.serial,
-                    session_timeout=result.session_seconds,
-                    method=result.auth_method,
+    def _process(self, decoded: list[_Decoded], results: list[JobResult | None]) -> None:
+        """Answer decoded requests: the service's work for all of them at once, then a reply
+        each (``results`` is filled in place)."""
+        auths: list[tuple[AuthRequest, datetime, tuple[bool, bool] | None]] = []
+        accts: list[tuple[AcctEvent, datetime]] = []
+        work: list[tuple[_Decoded, Any, dict[str, Any]]] = []
+        for d in decoded:
+            kind, request, fields = d.job.kind, d.request, {}
+            profile = PROFILES.get(d.job.nas.profile, PROFILES["generic"])
+            if request.code == STATUS_SERVER:
+                code = ACCESS_ACCEPT if kind == AUTH else ACCOUNTING_RESPONSE
+                results[d.index] = self._reply(
+                    d, Reply(code, [("Reply-Message", self.status_text())]), {"decision": "status"}
                 )
+            elif kind == AUTH and request.code == ACCESS_REQUEST:
+                fields["packet"] = "access-request"
+                if d.call is None:
+                    # CHAP (a CHAP response cannot be checked against a PIN hash: PAP only), or
+                    # a number wider than a call stores.
+                    work.append((d, Rejected(RejectReason.MALFORMED), fields))
+                else:
+                    fields.update(ani=d.call.calling_number, called=d.call.called_number)
+                    work.append((d, len(auths), fields))
+                    auths.append((d.call, utc_from_epoch(d.job.arrival), d.throttle))
+            elif kind == ACCT and request.code == ACCOUNTING_REQUEST:
+                fields["packet"] = "accounting-request"
+                event = translate.acct_event(
+                    request, d.job.nas.id, d.job.arrival, self.rules, profile
+                )
+                if event is None:
+                    work.append((d, AcctResult("ignored"), fields))
+                else:
+                    fields.update(status=str(event.status), session=event.acct_session_id)
+                    work.append((d, len(accts), fields))
+                    accts.append((event, utc_from_epoch(d.job.arrival)))
             else:
-                fields.update(decision="reject", reason=str(result.reason), serial=result.serial)
-        elif kind == ACCT and request.code == ACCOUNTING_REQUEST:
-            fields["packet"] = "accounting-request"
-            event = translate.acct_event(request, nas.id, arrival, self.rules, profile)
-            if event is None:
-                outcome = AcctResult("ignored")
+                results[d.index] = Drop("wrong-port")
+        auth_results, acct_results = self.service.process(auths, accts)
+        for d, slot, fields in work:
+            profile = PROFILES.get(d.job.nas.profile, PROFILES["generic"])
+            if isinstance(slot, int):
+                slot = (auth_results if d.job.kind == AUTH else acct_results)[slot]
+            if isinstance(slot, BaseException):
+                results[d.index] = slot
+            elif isinstance(slot, AcctResult):
+                fields.update(decision="ack", outcome=slot.outcome, serial=slot.serial)
+                if slot.cost is not None:
+                    fields["cost"] = str(slot.cost)
+                results[d.index] = self._reply(d, Reply(ACCOUNTING_RESPONSE), fields)
             else:
-                fields.update(status=str(event.status), session=event.acct_session_id)
-                outcome = self.service.account(event, utc_from_epoch(arrival))
-            fields.update(decision="ack", outcome=outcome.outcome, serial=outcome.serial)
-            if outcome.cost is not None:
-                fields["cost"] = str(outcome.cost)
-            reply = Reply(ACCOUNTING_RESPONSE)
-        else:
-            raise Drop("wrong-port")
-        raw = self.codec.encode(request, reply)
-        self.replies.reply_put(cache_key, raw, self.reply_ttl)
+                reply = translate.auth_reply(slot, profile, self.places, self.interim_interval)
+                if isinstance(slot, Accepted):
+                    fields.update(
+                        decision="accept",
+                        serial=slot.serial,
+                        session_timeout=slot.session_seconds,
+                        method=slot.auth_method,
+                    )
+                else:
+                    fields.update(decision="reject", reason=str(slot.reason), serial=slot.serial)
+                results[d.index] = self._reply(d, reply, fields)
+
+    def _reply(self, d: _Decoded, reply: Reply, fields: dict[str, Any]) -> Outcome:
+        raw = self.codec.encode(d.request, reply)
+        self.replies.reply_put(d.job.cache_key, raw, self.reply_ttl)
         return Outcome(raw, fields)
 
 
@@ -230,7 +323,16 @@ class DropLog:
 
 
 class RadiusServer:
-    """The reactor-side controller shared by the authentication and accounting listeners."""
+    """The reactor-side controller shared by the authentication and accounting listeners.
+
+    Datagrams that pass the cheap checks (known NAS, sound structure, not a retransmission)
+    queue here and go to the worker threads in batches: a batch is handed over as soon as one
+    of ``concurrent_batches`` slots is free, and takes everything queued then, up to
+    ``batch_size``. At low load a batch is one datagram, sent on at once (no timer, no added
+    latency); under load the queue fills while the slots are busy and batches grow, so the
+    per-transaction and per-round-trip costs are shared by many requests. Two slots let one
+    batch's database round trips overlap the other's Python work.
+    """
 
     def __init__(
         self,
@@ -247,8 +349,12 @@ class RadiusServer:
         self.nas_table = nas_table
         self.local_replies = local_replies
         self.metrics = metrics
-        self._in_flight: set[str] = set()
+        self._in_flight: set[str] = set()  # queued or in a batch
+        self._queue: deque[tuple[Job, Any, tuple[str, int], int, float]] = deque()
+        self._batches = 0  # batches on the worker threads now
         self.max_pending = 1000  # requests queued for the worker threads, at most
+        self.batch_size = 64
+        self.concurrent_batches = 2
         self._drop_log = DropLog(reactor.seconds)
 
     def drop(self, kind: str, reason: str, addr: tuple[str, int], **fields: Any) -> None:
@@ -265,8 +371,8 @@ class RadiusServer:
     def overloaded(self, kind: str) -> bool:
         """Whether to refuse a new request of ``kind`` at the door: the threads are behind.
 
-        When the last request a worker took up had already waited more than half of
-        ``max_queue_seconds``, a new one would wait about as long and most likely be shed
+        When the last batch a worker took up had already waited more than half of
+        ``max_queue_seconds``, a new request would wait about as long and most likely be shed
         after it; refusing it here costs nothing, so the threads spend their time on requests
         they can still answer in time. Only new calls are refused so (the NAS tries again or
         fails over to its other server): accounting for calls already granted goes on, so the
@@ -305,55 +411,78 @@ class RadiusServer:
             self.drop(kind, "overload", addr, nas=nas.name)
             return
         self._in_flight.add(cache_key)
-        d = deferToThreadPool(
-            self.reactor, self.pool, self.handler.handle, kind, nas, data, cache_key, arrival
-        )
+        job = Job(kind, nas, data, cache_key, arrival)
+        self._queue.append((job, transport, addr, ident, started))
+        self._pump()
 
-        def done(outcome: Outcome) -> None:
+    def _pump(self) -> None:
+        """Hand queued datagrams to the worker threads while a batch slot is free."""
+        while self._queue and self._batches < self.concurrent_batches:
+            batch = [self._queue.popleft() for _ in range(min(self.batch_size, len(self._queue)))]
+            self._batches += 1
+            d = deferToThreadPool(
+                self.reactor, self.pool, self.handler.handle_batch, [b[0] for b in batch]
+            )
+            d.addCallbacks(self._answer, self._failed, (batch,), None, (batch,), None)
+            d.addBoth(self._batch_done, batch)
+
+    def _answer(self, results: list[JobResult], batch: list[Any]) -> None:
+        for (job, transport, addr, ident, started), result in zip(batch, results, strict=True):
+            if isinstance(result, BaseException):
+                self._failed_one(job, addr, result, None)
+                continue
             latency = time.perf_counter() - started
-            if outcome.data is not None:
-                transport.write(outcome.data, addr)
-            decision = outcome.fields.get("decision", "")
+            if result.data is not None:
+                transport.write(result.data, addr)
+            decision = result.fields.get("decision", "")
             if decision == "replayed":
                 self.metrics.retransmissions.inc()
-            self.metrics.requests.labels(kind, decision).inc()
-            self.metrics.latency.labels(kind).observe(latency)
+            self.metrics.requests.labels(job.kind, decision).inc()
+            self.metrics.latency.labels(job.kind).observe(latency)
             log.info(
                 "radius.request",
-                listener=kind,
-                nas=nas.name,
+                listener=job.kind,
+                nas=job.nas.name,
                 id=ident,
                 latency_ms=round(latency * 1000, 2),
-                **{k: v for k, v in outcome.fields.items() if v is not None},
+                **{k: v for k, v in result.fields.items() if v is not None},
             )
 
-        def failed(failure: Failure) -> None:
-            exc = failure.value
-            if isinstance(exc, Malformed):
-                self.drop(kind, exc.reason, addr, nas=nas.name)
-            elif isinstance(exc, Drop):
-                self.drop(kind, exc.reason, addr, nas=nas.name)
-            elif isinstance(exc, SQLAlchemyError):
-                self.metrics.backend_errors.labels("database").inc()
-                self.drop(kind, "database-error", addr, nas=nas.name, error=type(exc).__name__)
-            elif isinstance(exc, RedisError):
-                self.metrics.backend_errors.labels("redis").inc()
-                self.drop(kind, "redis-error", addr, nas=nas.name, error=type(exc).__name__)
-            else:
-                self.metrics.drops.labels("internal-error").inc()
-                log.error(
-                    "radius.internal_error",
-                    listener=kind,
-                    nas=nas.name,
-                    exc_info=(type(exc), exc, failure.getTracebackObject()),
-                )
+    def _failed(self, failure: Failure, batch: list[Any]) -> None:
+        """The whole batch failed (a fault in the server itself): nothing is answered."""
+        for job, _, addr, _, _ in batch:
+            self._failed_one(job, addr, failure.value, failure)
 
-        def release(result: object) -> object:
-            self._in_flight.discard(cache_key)
-            return result
+    def _failed_one(
+        self, job: Job, addr: tuple[str, int], exc: BaseException, failure: Failure | None
+    ) -> None:
+        kind, nas = job.kind, job.nas
+        if isinstance(exc, Malformed | Drop):
+            self.drop(kind, exc.reason, addr, nas=nas.name)
+        elif isinstance(exc, SQLAlchemyError):
+            self.metrics.backend_errors.labels("database").inc()
+            self.drop(kind, "database-error", addr, nas=nas.name, error=type(exc).__name__)
+        elif isinstance(exc, RedisError):
+            self.metrics.backend_errors.labels("redis").inc()
+            self.drop(kind, "redis-error", addr, nas=nas.name, error=type(exc).__name__)
+        else:
+            self.metrics.drops.labels("internal-error").inc()
+            log.error(
+                "radius.internal_error",
+                listener=kind,
+                nas=nas.name,
+                exc_info=(
+                    type(exc),
+                    exc,
+                    failure.getTracebackObject() if failure else exc.__traceback__,
+                ),
+            )
 
-        d.addCallbacks(done, failed)
-        d.addBoth(release)
+    def _batch_done(self, result: object, batch: list[Any]) -> None:
+        self._batches -= 1
+        for job, *_ in batch:
+            self._in_flight.discard(job.cache_key)
+        self._pump()
 
 
 class RadiusProtocol(DatagramProtocol):

@@ -61,10 +61,54 @@ class LiveState(Protocol):
         """:meth:`reply_claim` and :meth:`throttle_state` in one round trip."""
         ...
 
+    def claim_many(
+        self, claims: list[Claim], ttl_seconds: float
+    ) -> list[tuple[tuple[bool, bytes | None], tuple[bool, bool] | None]]:
+        """Claim a batch of requests in one round trip. Each claim is ``(key, lockout_keys,
+        failure_key)``; with ``lockout_keys`` (an authorization) its throttling state comes
+        back too (:meth:`throttle_state`), else None."""
+        ...
+
+    def reply_put_many(self, replies: list[tuple[str, bytes]], ttl_seconds: float) -> None:
+        """:meth:`reply_put` for a batch, in one round trip."""
+        ...
+
+    def reply_release_many(self, keys: list[str]) -> None:
+        """:meth:`reply_release` for a batch."""
+        ...
+
     def ping(self) -> bool: ...
 
 
-class InProcessLiveState:
+#: A request to claim: its reply-cache key, and for an authorization the keys of
+#: :meth:`LiveState.throttle_state` (lockouts, failure counter).
+Claim = tuple[str, tuple[str, ...] | None, str | None]
+ClaimResult = tuple[tuple[bool, bytes | None], tuple[bool, bool] | None]
+
+
+class _OneByOne:
+    """The batch methods of :class:`LiveState` as loops over the single ones: right for state
+    in this process, where a call costs no round trip."""
+
+    def claim_many(self, claims: list[Claim], ttl_seconds: float) -> list[ClaimResult]:
+        return [
+            (
+                self.reply_claim(key, ttl_seconds),  # type: ignore[attr-defined]
+                None if keys is None else self.throttle_state(keys, failure_key),  # type: ignore[attr-defined]
+            )
+            for key, keys, failure_key in claims
+        ]
+
+    def reply_put_many(self, replies: list[tuple[str, bytes]], ttl_seconds: float) -> None:
+        for key, data in replies:
+            self.reply_put(key, data, ttl_seconds)  # type: ignore[attr-defined]
+
+    def reply_release_many(self, keys: list[str]) -> None:
+        for key in keys:
+            self.reply_release(key)  # type: ignore[attr-defined]
+
+
+class InProcessLiveState(_OneByOne):
     """Dictionaries with expiry times, guarded by one lock (handlers run on worker threads)."""
 
     def __init__(self, clock: Callable[[], float], max_replies: int = 100_000) -> None:
@@ -250,10 +294,41 @@ class RedisLiveState:
         outcome = self._claimed(claimed, value)
         return (outcome or self.reply_claim(key, ttl_seconds)), self._throttled(throttle)
 
+    def claim_many(self, claims: list[Claim], ttl_seconds: float) -> list[ClaimResult]:
+        commands: list[tuple[Any, ...]] = []
+        for key, keys, failure_key in claims:
+            name = self._k("reply", key)
+            commands += (self._claim(name, ttl_seconds), ("GET", name))
+            if keys is not None:
+                commands += self._throttle(keys, failure_key)
+        replies = iter(self._run(*commands)) if commands else iter(())
+        results: list[ClaimResult] = []
+        for key, keys, failure_key in claims:
+            claimed, value = next(replies), next(replies)
+            throttle = None
+            if keys is not None:
+                count = 2 if failure_key is not None else 1
+                throttle = self._throttled([next(replies) for _ in range(count)])
+            outcome = self._claimed(claimed, value)
+            results.append((outcome or self.reply_claim(key, ttl_seconds), throttle))
+        return results
+
+    def reply_put_many(self, replies: list[tuple[str, bytes]], ttl_seconds: float) -> None:
+        if replies:
+            ttl = max(1, int(ttl_seconds * 1000))
+            self._run(*(("SET", self._k("reply", key), data, "PX", ttl) for key, data in replies))
+
     def reply_release(self, key: str) -> None:
-        name = self._k("reply", key)
-        if self._run(("GET", name)) == [PENDING]:
-            self._run(("DEL", name))
+        self.reply_release_many([key])
+
+    def reply_release_many(self, keys: list[str]) -> None:
+        names = [self._k("reply", key) for key in keys]
+        if not names:
+            return
+        values = self._run(*(("GET", name) for name in names))
+        pending = [name for name, value in zip(names, values, strict=True) if value == PENDING]
+        if pending:
+            self._run(("DEL", *pending))
 
     def count_failure(self, key: str, window_seconds: int) -> int:
         name = self._k("fail", key)
@@ -346,6 +421,15 @@ class FallbackLiveState:
         self, key: str, ttl_seconds: float, keys: tuple[str, ...], failure_key: str | None
     ) -> tuple[tuple[bool, bytes | None], tuple[bool, bool]]:
         return self._call("claim_and_throttle", key, ttl_seconds, keys, failure_key)  # type: ignore[return-value]
+
+    def claim_many(self, claims: list[Claim], ttl_seconds: float) -> list[ClaimResult]:
+        return self._call("claim_many", claims, ttl_seconds)  # type: ignore[return-value]
+
+    def reply_put_many(self, replies: list[tuple[str, bytes]], ttl_seconds: float) -> None:
+        self._call("reply_put_many", replies, ttl_seconds)
+
+    def reply_release_many(self, keys: list[str]) -> None:
+        self._call("reply_release_many", keys)
 
     def ping(self) -> bool:
         return self._primary.ping()

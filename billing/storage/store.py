@@ -14,15 +14,18 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, cast
 
 from sqlalchemy import (
+    BigInteger,
     Connection,
+    String,
     Table,
+    any_,
     bindparam,
     delete,
     func,
@@ -30,9 +33,11 @@ from sqlalchemy import (
     literal_column,
     select,
     true,
+    union,
     update,
 )
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
 from billing.calls import (
     Accepted,
@@ -128,6 +133,28 @@ OPEN_CALLS_AND_RATE = hot(
 )
 INSERT_GRANT = hot(insert(_live).values(state="authorized", session_key=None, session_seconds=0))
 SECURITY_EVENT = hot(insert(cast(Table, SecurityEvent.__table__)))
+_binds = cast(Table, BindNumber.__table__)
+
+
+def _any(column: Any, name: str, item_type: Any) -> Any:
+    """``column = ANY(:name)``: one array parameter, whatever the number of values."""
+    return column == any_(bindparam(name, type_=postgresql.ARRAY(item_type)))
+
+
+_named_cards = union(
+    select(_cards.c.id).where(_any(_cards.c.pin_hash, "pin_hashes", String)),
+    select(_cards.c.id).where(_any(_cards.c.serial, "serials", BigInteger)),
+    select(_binds.c.card_id).where(_any(_binds.c.ani, "anis", String)),
+    select(_live.c.card_id).where(_any(_live.c.token, "tokens", String)),
+).subquery("named")
+#: Every card a batch names (by PIN hash, card number, bound ANI or a call's token), locked in
+#: id order (PostgreSQL; SQLite has one writer at a time anyway).
+LOCK_CARDS = hot(
+    select(_cards.c.id)
+    .where(_cards.c.id.in_(select(_named_cards.c.id)))
+    .order_by(_cards.c.id)
+    .with_for_update()
+)
 
 # The accounting's statements. A call's card is locked before its live session, the order that
 # authorization and the reaper use too, so two transactions never wait for each other in a cycle;
@@ -136,7 +163,6 @@ SECURITY_EVENT = hot(insert(cast(Table, SecurityEvent.__table__)))
 _cdrs = cast(Table, Cdr.__table__)
 _ledger = cast(Table, LedgerEntry.__table__)
 _nas = cast(Table, NasClient.__table__)
-_binds = cast(Table, BindNumber.__table__)
 #: The card's columns that accounting reads and may change.
 _ACCT_CARD_KEYS = (
     "id serial card_type state balance rate_group_id validity_days expires_at activated_at "
@@ -332,6 +358,85 @@ class Store:
                     kind=kind, nas_id=nas_id, calling_number=calling_number, created_at=now
                 )
             )
+
+    # ------------------------------------------------------------------ batches
+    def process(
+        self,
+        auths: Sequence[tuple[AuthRequest, datetime]],
+        accts: Sequence[tuple[AcctEvent, datetime]],
+    ) -> tuple[list[AuthResult | Exception], list[AcctResult | Exception]]:
+        """Authorize and account for a batch of requests in one transaction.
+
+        Every card the batch may touch is locked first, in one statement and in card order, so
+        two batches (in this process or another) never wait for each other in a cycle. Then the
+        accounting events, then the authorizations, each as its own method would do it alone
+        (so an authorization sees the money a Stop of the same batch released).
+
+        When the batch fails with an error the database reported (rather than a lost
+        connection), each request is run again in its own transaction, so one bad request
+        costs only itself: its result is the exception.
+        """
+        if not auths and not accts:
+            return [], []
+        try:
+            for attempt in range(3):
+                try:
+                    return self.db.run(lambda conn: self._process(conn, auths, accts))
+                except IntegrityError:
+                    # Another process opened or billed the same call at the same moment: the
+                    # unique keys refused the second copy. Run again; it now finds the call.
+                    if attempt == 2:
+                        raise
+        except DBAPIError as exc:
+            if len(auths) + len(accts) == 1 or not _reported_by_database(exc):
+                raise
+        return (
+            [_or_error(self.authorize, req, now) for req, now in auths],
+            [_or_error(self.account, ev, now) for ev, now in accts],
+        )
+
+    def _process(
+        self,
+        conn: Connection,
+        auths: Sequence[tuple[AuthRequest, datetime]],
+        accts: Sequence[tuple[AcctEvent, datetime]],
+    ) -> tuple[list[AuthResult | Exception], list[AcctResult | Exception]]:
+        if len(auths) + len(accts) > 1 and not self.db.is_sqlite:  # SQLite: one writer anyway
+            self._lock_cards(conn, auths, accts)
+        acct_results: list[AcctResult | Exception] = [
+            self._account(conn, ev, now) for ev, now in accts
+        ]
+        auth_results: list[AuthResult | Exception] = [
+            self._authorize(conn, req, now) for req, now in auths
+        ]
+        return auth_results, acct_results
+
+    def _lock_cards(
+        self,
+        conn: Connection,
+        auths: Sequence[tuple[AuthRequest, datetime]],
+        accts: Sequence[tuple[AcctEvent, datetime]],
+    ) -> None:
+        """Lock every card the batch names, in id order (PostgreSQL)."""
+        pin_hashes, serials, anis = set(), set(), set()
+        for req, _ in auths:
+            user, password = req.user_name.strip(), req.password or ""
+            if req.calling_number:
+                anis.add(req.calling_number)
+            if password in ("", user) and looks_like_pin(user):
+                pin_hashes.add(self._hash_pin(user))
+            elif user.isdigit() and len(user) <= 18:
+                serials.add(int(user))
+        tokens = {ev.token for ev, _ in accts if ev.token and ev.leg != "other"}
+        conn.execute(
+            LOCK_CARDS,
+            {
+                "pin_hashes": sorted(pin_hashes),
+                "serials": sorted(serials),
+                "anis": sorted(anis),
+                "tokens": sorted(tokens),
+            },
+        )
 
     # ------------------------------------------------------------------ authorization
     def _card_row(self, conn: Connection, req: AuthRequest) -> tuple[Any, Identified]:
@@ -851,6 +956,22 @@ class Store:
         return ReapResult(
             released=released, closed=closed, purged=int(deleted.rowcount or 0), live=int(live or 0)
         )
+
+
+def _reported_by_database(exc: DBAPIError) -> bool:
+    """Whether the database answered with this error (it is up; the request is at fault), as
+    opposed to a connection that failed, where trying each request again would only wait
+    again."""
+    if exc.connection_invalidated:
+        return False
+    return isinstance(exc, IntegrityError) or getattr(exc.orig, "pgcode", None) is not None
+
+
+def _or_error(work: Callable[[Any, datetime], Any], item: Any, now: datetime) -> Any:
+    try:
+        return work(item, now)
+    except SQLAlchemyError as exc:
+        return exc
 
 
 def store_from_settings(settings: Settings, db: Database) -> Store:
