@@ -39,6 +39,12 @@ class Metrics:
             buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
             registry=self.registry,
         )
+        self.batch_size = Histogram(
+            "prepaid_radius_batch_size",
+            "Requests handled together in one batch (one database transaction)",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+            registry=self.registry,
+        )
         self.backend_errors = Counter(
             "prepaid_backend_errors",
             "Database or Redis errors, by backend",

@@ -420,6 +420,7 @@ class RadiusServer:
         while self._queue and self._batches < self.concurrent_batches:
             batch = [self._queue.popleft() for _ in range(min(self.batch_size, len(self._queue)))]
             self._batches += 1
+            self.metrics.batch_size.observe(len(batch))
             d = deferToThreadPool(
                 self.reactor, self.pool, self.handler.handle_batch, [b[0] for b in batch]
             )

@@ -18,13 +18,14 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import (
     BigInteger,
     Connection,
     String,
     Table,
+    and_,
     any_,
     bindparam,
     delete,
@@ -32,7 +33,6 @@ from sqlalchemy import (
     insert,
     literal_column,
     select,
-    true,
     union,
     update,
 )
@@ -72,11 +72,13 @@ from billing.storage.models import (
     LedgerEntry,
     LiveSession,
     NasClient,
+    RateRow,
     SecurityEvent,
 )
-from billing.storage.rates import RATE_BY_PREFIX, prefix_params, rate_for, rate_from_row
+from billing.storage.rates import candidate_prefixes, rate_for, rate_from_row
 
 OPEN_STATES = ("authorized", "started")
+_CALL = frozenset({AcctStatus.START, AcctStatus.INTERIM, AcctStatus.STOP})  # events of one call
 
 # The authorization's statements, built once: SQLAlchemy caches their compiled SQL, so a request
 # pays only for executing them.
@@ -98,63 +100,89 @@ _CARD_COLUMNS = [
     _cards.c.rate_group_id,
     _cards.c.failed_pin_count,
 ]
-CARD_BY_PIN = hot(
-    select(*_CARD_COLUMNS).where(_cards.c.pin_hash == bindparam("pin_hash")).with_for_update()
-)
-CARD_BY_SERIAL = hot(
-    select(*_CARD_COLUMNS).where(_cards.c.serial == bindparam("serial")).with_for_update()
-)
-CARD_BY_ANI = hot(
-    select(*_CARD_COLUMNS)
-    .join(BindNumber.__table__, BindNumber.__table__.c.card_id == _cards.c.id)
-    .where(BindNumber.__table__.c.ani == bindparam("ani"))
-    .with_for_update(of=_cards)
-)
 _live = cast(Table, LiveSession.__table__)
-_open_calls = (
-    select(
-        func.count(_live.c.id).label("open_count"),
-        func.coalesce(func.sum(_live.c.reserved_amount), 0).label("reserved"),
-    )
-    .where(
-        _live.c.card_id == bindparam("card_id"),
-        _live.c.state.in_([literal_column(f"'{state}'") for state in OPEN_STATES]),
-        _live.c.deadline_at > bindparam("now"),
-    )
-    .subquery("open_calls")
-)
-_rate = RATE_BY_PREFIX.subquery("rate")
-#: The card's open calls and the rate for the destination, in one round trip. It runs as its own
-#: statement after the card's row lock is held, so (READ COMMITTED) it sees every grant committed
-#: by whoever held the lock before. Parameters: ``card_id``, ``now``, ``rate_group`` and
-#: :func:`~billing.storage.rates.prefix_params`.
-OPEN_CALLS_AND_RATE = hot(
-    select(_open_calls, _rate).select_from(_open_calls.outerjoin(_rate, true()))
-)
+_binds = cast(Table, BindNumber.__table__)
+_rates = cast(Table, RateRow.__table__)
 INSERT_GRANT = hot(insert(_live).values(state="authorized", session_key=None, session_seconds=0))
 SECURITY_EVENT = hot(insert(cast(Table, SecurityEvent.__table__)))
-_binds = cast(Table, BindNumber.__table__)
 
 
-def _any(column: Any, name: str, item_type: Any) -> Any:
-    """``column = ANY(:name)``: one array parameter, whatever the number of values."""
-    return column == any_(bindparam(name, type_=postgresql.ARRAY(item_type)))
+@dataclass(frozen=True, slots=True)
+class _BatchStatements:
+    """A batch's reads, each one statement whatever the number of requests (see
+    :meth:`Store._authorize_many`)."""
+
+    cards: Any
+    open_calls: Any
+    rates: Any
+    calls: Any
 
 
-_named_cards = union(
-    select(_cards.c.id).where(_any(_cards.c.pin_hash, "pin_hashes", String)),
-    select(_cards.c.id).where(_any(_cards.c.serial, "serials", BigInteger)),
-    select(_binds.c.card_id).where(_any(_binds.c.ani, "anis", String)),
-    select(_live.c.card_id).where(_any(_live.c.token, "tokens", String)),
-).subquery("named")
-#: Every card a batch names (by PIN hash, card number, bound ANI or a call's token), locked in
-#: id order (PostgreSQL; SQLite has one writer at a time anyway).
-LOCK_CARDS = hot(
-    select(_cards.c.id)
-    .where(_cards.c.id.in_(select(_named_cards.c.id)))
-    .order_by(_cards.c.id)
-    .with_for_update()
-)
+def _batch_statements(postgresql_arrays: bool) -> _BatchStatements:
+    """The batch's statements with their lists bound as one array each (PostgreSQL: one
+    prepared statement whatever the lengths), or as expanding ``IN`` lists (SQLite)."""
+
+    def among(column: Any, name: str, item_type: Any) -> Any:
+        if postgresql_arrays:
+            return column == any_(bindparam(name, type_=postgresql.ARRAY(item_type)))
+        return column.in_(bindparam(name, expanding=True))
+
+    named = union(
+        select(_cards.c.id).where(among(_cards.c.pin_hash, "pin_hashes", String)),
+        select(_cards.c.id).where(among(_cards.c.serial, "serials", BigInteger)),
+        select(_binds.c.card_id).where(among(_binds.c.ani, "anis", String)),
+        select(_live.c.card_id).where(among(_live.c.token, "tokens", String)),
+    ).subquery("named")
+    cards = (
+        select(*_CARD_COLUMNS, _binds.c.ani.label("bound_ani"))
+        .select_from(
+            _cards.outerjoin(
+                _binds,
+                and_(_binds.c.card_id == _cards.c.id, among(_binds.c.ani, "anis", String)),
+            )
+        )
+        .where(_cards.c.id.in_(select(named.c.id)))
+        .order_by(_cards.c.id)
+    )
+    open_calls = (
+        select(
+            _live.c.card_id,
+            func.count(_live.c.id).label("open_count"),
+            func.coalesce(func.sum(_live.c.reserved_amount), 0).label("reserved"),
+        )
+        .where(
+            among(_live.c.card_id, "card_ids", BigInteger),
+            _live.c.state.in_([literal_column(f"'{state}'") for state in OPEN_STATES]),
+            _live.c.deadline_at > bindparam("now"),
+        )
+        .group_by(_live.c.card_id)
+    )
+    calls = (
+        select(
+            *(_cards.c[key].label(f"card_{key}") for key in _ACCT_CARD_KEYS),
+            *_live.c,
+            select(_nas.c.boot_epoch)
+            .where(_nas.c.id == _live.c.nas_id)
+            .scalar_subquery()
+            .label("boot_epoch"),
+        )
+        .join_from(_live, _cards, _live.c.card_id == _cards.c.id)
+        .where(among(_live.c.token, "tokens", String))
+        .order_by(_live.c.id)
+    )
+    rates = select(_rates).where(
+        among(_rates.c.rate_group_id, "groups", BigInteger),
+        among(_rates.c.prefix, "prefixes", String),
+    )
+    if postgresql_arrays:
+        return _BatchStatements(
+            hot(cards.with_for_update(of=_cards)),
+            hot(open_calls),
+            hot(rates),
+            hot(calls.with_for_update(of=_live)),
+        )
+    return _BatchStatements(cards, open_calls, rates, calls)
+
 
 # The accounting's statements. A call's card is locked before its live session, the order that
 # authorization and the reaper use too, so two transactions never wait for each other in a cycle;
@@ -190,10 +218,47 @@ CDR_OF_SESSION = hot(select(_cdrs.c.id).where(_cdrs.c.session_key == bindparam("
 CDR_OF_CALL = hot(select(_cdrs.c.id).where(_cdrs.c.call_key == bindparam("key")))
 INSERT_CDR = hot(insert(_cdrs).returning(_cdrs.c.id))
 INSERT_LEDGER = hot(insert(_ledger))
+_CDR_KEYS = (
+    "call_key session_key card_id nas_id acct_session_id conf_id leg auth_method calling_number "
+    "called_number rate_prefix price_per_minute connection_fee started_at stopped_at "
+    "duration_seconds billed_seconds granted_seconds cost balance_after over_grant close_reason "
+    "terminate_cause created_at"
+).split()
+_new_cdr = (
+    insert(_cdrs)
+    .values({key: bindparam(key, type_=_cdrs.c[key].type) for key in _CDR_KEYS})
+    .returning(_cdrs.c.id, _cdrs.c.card_id, _cdrs.c.cost, _cdrs.c.balance_after, _cdrs.c.created_at)
+    .cte("new_cdr")
+)
+#: A billed call's CDR and, when it cost something, its ledger entry, in one statement
+#: (PostgreSQL: the CDR's insert is a data-modifying CTE), so neither needs a round trip.
+CDR_AND_LEDGER = hot(
+    insert(_ledger).from_select(
+        ["card_id", "kind", "amount", "balance_after", "cdr_id", "note", "created_at"],
+        select(
+            _new_cdr.c.card_id,
+            literal_column("'call'"),
+            -_new_cdr.c.cost,
+            _new_cdr.c.balance_after,
+            _new_cdr.c.id,
+            literal_column("''"),
+            _new_cdr.c.created_at,
+        ).where(_new_cdr.c.cost != 0),
+    )
+)
 #: One UPDATE by primary key per table; the columns set are those the parameters name.
 _UPDATE_BY_ID = {
     table: hot(update(table).where(table.c.id == bindparam("b_id"))) for table in (_cards, _live)
 }
+
+#: By database: True for PostgreSQL. ``cards``: every card a batch names (by PIN hash, card
+#: number, bound ANI, or a call's token), with the ANI it was named by, locked in id order so
+#: two batches never wait for each other in a cycle (SQLite has one writer anyway).
+#: ``open_calls``: those cards' open calls, read after the locks are held, so (READ COMMITTED)
+#: every grant committed by whoever held a card before is seen. ``rates``: every rate of the
+#: cards' groups whose prefix begins a dialled number; the longest wins. ``calls``: the calls
+#: (and their cards' accounting columns) the batch's accounting events name by token, locked.
+BATCH = {True: _batch_statements(True), False: _batch_statements(False)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,6 +309,27 @@ def _card_snapshot(card: Any) -> CardSnapshot:
     )
 
 
+class _Card:
+    """A card row read under its lock, for the decisions of one batch: its values, changed in
+    place (and written) as the batch goes."""
+
+    def __init__(self, row: Any) -> None:
+        self.__dict__.update(row._mapping)
+
+    def update(self, conn: Connection, changes: dict[str, Any]) -> None:
+        self.__dict__.update(changes)
+        _write(conn, _UPDATE_BY_ID[_cards], {"b_id": self.id, **changes})
+
+    if TYPE_CHECKING:
+
+        def __getattr__(self, name: str) -> Any: ...
+
+
+def _dialable(number: str) -> bool:
+    """Whether a (normalized) destination can match a rate: digits only."""
+    return bool(number) and number.isascii() and number.isdigit()
+
+
 def _rate_of(session: _Changing) -> Rate:
     """The rate fixed at a call's authorization."""
     return Rate(
@@ -266,6 +352,12 @@ class _Changing:
         self.table = table
         self.values: dict[str, Any] = {k: mapping[k] for k in (keys or mapping.keys())}
         self.changed: dict[str, Any] = {}
+
+    @classmethod
+    def of(cls, table: Table, values: dict[str, Any]) -> _Changing:
+        changing = cls.__new__(cls)
+        changing.table, changing.values, changing.changed = table, values, {}
+        return changing
 
     def __getitem__(self, key: str) -> Any:
         return self.values[key]
@@ -401,51 +493,130 @@ class Store:
         auths: Sequence[tuple[AuthRequest, datetime]],
         accts: Sequence[tuple[AcctEvent, datetime]],
     ) -> tuple[list[AuthResult | Exception], list[AcctResult | Exception]]:
-        if len(auths) + len(accts) > 1 and not self.db.is_sqlite:  # SQLite: one writer anyway
-            self._lock_cards(conn, auths, accts)
-        acct_results: list[AcctResult | Exception] = [
-            self._account(conn, ev, now) for ev, now in accts
-        ]
-        auth_results: list[AuthResult | Exception] = [
-            self._authorize(conn, req, now) for req, now in auths
-        ]
+        auth_results: list[AuthResult | Exception] = []
+        if auths or len(accts) > 1:
+            # Locks every card of the batch (the accounting's too) before anything else.
+            auth_results = list(self._authorize_many(conn, auths, accts))
+        acct_results: list[AcctResult | Exception] = list(
+            self._account_many(conn, accts)
+            if len(accts) > 1
+            else [self._account(conn, ev, now) for ev, now in accts]
+        )
         return auth_results, acct_results
 
-    def _lock_cards(
+    # ------------------------------------------------------------------ authorization
+    def authorize(self, req: AuthRequest, now: datetime) -> AuthResult:
+        """Identify the card, decide, and reserve the grant — one short transaction."""
+        (result,), _ = self.process([(req, now)], [])
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def _authorize_many(
         self,
         conn: Connection,
         auths: Sequence[tuple[AuthRequest, datetime]],
-        accts: Sequence[tuple[AcctEvent, datetime]],
-    ) -> None:
-        """Lock every card the batch names, in id order (PostgreSQL)."""
-        pin_hashes, serials, anis = set(), set(), set()
+        accts: Sequence[tuple[AcctEvent, datetime]] = (),
+    ) -> list[AuthResult]:
+        """Identify the cards, decide each request in turn, and reserve the grants.
+
+        The server's hot path, the same for one request or a batch: three reads (the cards,
+        locked; their open calls; the candidate rates), then the decisions in memory, in order,
+        each seeing the grants made before it in the batch, then the writes, which travel with
+        the commit (PostgreSQL). ``accts``: the batch's accounting events, whose cards are
+        locked here too, in the same id order.
+        """
+        statements = BATCH[not self.db.is_sqlite]
+        names: dict[str, set[Any]] = {"pin_hashes": set(), "serials": set(), "anis": set()}
         for req, _ in auths:
             user, password = req.user_name.strip(), req.password or ""
             if req.calling_number:
-                anis.add(req.calling_number)
-            if password in ("", user) and looks_like_pin(user):
-                pin_hashes.add(self._hash_pin(user))
+                names["anis"].add(req.calling_number)
+            if password in ("", user):
+                if looks_like_pin(user):
+                    names["pin_hashes"].add(self._hash_pin(user))
             elif user.isdigit() and len(user) <= 18:
-                serials.add(int(user))
-        tokens = {ev.token for ev, _ in accts if ev.token and ev.leg != "other"}
-        conn.execute(
-            LOCK_CARDS,
-            {
-                "pin_hashes": sorted(pin_hashes),
-                "serials": sorted(serials),
-                "anis": sorted(anis),
-                "tokens": sorted(tokens),
-            },
-        )
+                names["serials"].add(int(user))
+        params: dict[str, Any] = {key: sorted(values) for key, values in names.items()}
+        params["tokens"] = sorted({ev.token for ev, _ in accts if ev.token and ev.leg != "other"})
+        cards: dict[int, _Card] = {}
+        found: dict[str, dict[Any, _Card]] = {"pin_hash": {}, "serial": {}, "ani": {}}
+        for row in conn.execute(statements.cards, params):
+            card = cards.get(row.id) or cards.setdefault(row.id, _Card(row))
+            found["pin_hash"][row.pin_hash] = card
+            found["serial"][row.serial] = card
+            if row.bound_ani is not None:
+                found["ani"][row.bound_ani] = card
+        if not auths:
+            return []
+        identified = [
+            self._identify(conn, req, lambda kind, value: found[kind].get(value))
+            for req, _ in auths
+        ]
+        used = {card.id: card for card, _ in identified if card is not None}
+        open_calls: dict[int, list[Any]] = {card_id: [0, ZERO] for card_id in used}
+        rates: dict[tuple[int, str], Rate] = {}
+        if used:
+            calls = conn.execute(
+                statements.open_calls,
+                {"card_ids": sorted(used), "now": min(now for _, now in auths)},
+            )
+            for row in calls:
+                open_calls[row.card_id] = [int(row.open_count), Decimal(row.reserved)]
+            prefixes = {
+                prefix
+                for (req, _), (card, _) in zip(auths, identified, strict=True)
+                if card is not None and _dialable(req.called_number)
+                for prefix in candidate_prefixes(req.called_number)
+            }
+            if prefixes:
+                groups = sorted({card.rate_group_id for card in used.values()})
+                for row in conn.execute(
+                    statements.rates, {"groups": groups, "prefixes": sorted(prefixes)}
+                ):
+                    rates[(row.rate_group_id, row.prefix)] = rate_from_row(row)
+        results: list[AuthResult] = []
+        for (req, now), (card, ident) in zip(auths, identified, strict=True):
+            if ident.failure is not None:
+                if ident.counts_as_guess:
+                    _write(
+                        conn,
+                        SECURITY_EVENT,
+                        {
+                            "kind": ident.event or "unknown-pin",
+                            "nas_id": req.nas_id,
+                            "calling_number": req.calling_number,
+                            "card_id": ident.card_id,
+                            "created_at": now,
+                        },
+                    )
+                results.append(Rejected(ident.failure, ident.serial))
+                continue
+            assert card is not None
+            rate = None
+            if _dialable(req.called_number):
+                for prefix in candidate_prefixes(req.called_number):
+                    rate = rates.get((card.rate_group_id, prefix))
+                    if rate is not None:
+                        break
+            calls = open_calls[card.id]
+            results.append(self._grant(conn, req, now, card, ident.method, rate, calls))
+        return results
 
-    # ------------------------------------------------------------------ authorization
-    def _card_row(self, conn: Connection, req: AuthRequest) -> tuple[Any, Identified]:
-        """Find and lock the calling card in one statement: (row, how) or (None, failure)."""
+    def _identify(
+        self, conn: Connection, req: AuthRequest, find: Callable[[str, Any], _Card | None]
+    ) -> tuple[_Card | None, Identified]:
+        """Which card calls, and how: by bound ANI, by PIN, or by card number and PIN.
+
+        ``find(kind, value)`` is the card whose ``pin_hash``, ``serial`` or bound ``ani`` is
+        ``value``. A wrong PIN for a card number counts against the card (locked at
+        ``card_failure_limit``); the change is made to ``card`` and written.
+        """
         user = req.user_name.strip()
         if req.calling_number and (not user or user == req.calling_number):
-            row = conn.execute(CARD_BY_ANI, {"ani": req.calling_number}).first()
-            if row is not None:
-                return row, Identified(row.id, "ani")
+            card = find("ani", req.calling_number)
+            if card is not None:
+                return card, Identified(card.id, "ani")
             if not user or req.password in (None, "", user):
                 return None, Identified(None, "ani", RejectReason.UNKNOWN_ACCOUNT)
         if not user:
@@ -453,95 +624,66 @@ class Store:
         password = req.password or ""
         if password in ("", user):
             if looks_like_pin(user):
-                row = conn.execute(CARD_BY_PIN, {"pin_hash": self._hash_pin(user)}).first()
-                if row is not None:
-                    return row, Identified(row.id, "pin")
+                card = find("pin_hash", self._hash_pin(user))
+                if card is not None:
+                    return card, Identified(card.id, "pin")
             return None, Identified(None, "pin", RejectReason.UNKNOWN_ACCOUNT, counts_as_guess=True)
         # Card number + PIN.
-        row = None
-        if user.isdigit() and len(user) <= 18:
-            row = conn.execute(CARD_BY_SERIAL, {"serial": int(user)}).first()
-        if row is None:
+        card = find("serial", int(user)) if user.isdigit() and len(user) <= 18 else None
+        if card is None:
             return None, Identified(
                 None, "card", RejectReason.INVALID_CARD_NUMBER, counts_as_guess=True
             )
-        if row.pin_hash != self._hash_pin(password):
-            failures = row.failed_pin_count + 1
-            lock = failures >= self.security.card_failure_limit and not row.locked
-            conn.execute(
-                update(_cards)
-                .where(_cards.c.id == row.id)
-                .values(
-                    failed_pin_count=failures,
-                    **({"locked": True, "lock_reason": "pin-attack"} if lock else {}),
-                )
-            )
+        if card.pin_hash != self._hash_pin(password):
+            changes: dict[str, Any] = {"failed_pin_count": card.failed_pin_count + 1}
+            lock = changes["failed_pin_count"] >= self.security.card_failure_limit
+            if lock and not card.locked:
+                changes.update(locked=True, lock_reason="pin-attack")
+            card.update(conn, changes)
             return None, Identified(
-                row.id,
+                card.id,
                 "card",
                 RejectReason.INVALID_PASSWORD,
                 True,
-                serial=str(row.serial),
-                event="card-locked" if lock else "wrong-pin",
+                serial=str(card.serial),
+                event="card-locked" if "locked" in changes else "wrong-pin",
             )
-        if row.failed_pin_count:
-            conn.execute(update(_cards).where(_cards.c.id == row.id).values(failed_pin_count=0))
-        return row, Identified(row.id, "card")
+        if card.failed_pin_count:
+            card.update(conn, {"failed_pin_count": 0})
+        return card, Identified(card.id, "card")
 
-    def authorize(self, req: AuthRequest, now: datetime) -> AuthResult:
-        """Identify the card, decide, and reserve the grant — one short transaction.
-
-        The hot path of the server: a handful of prepared statements on one connection, no ORM
-        unit of work. The card row stays locked (PostgreSQL ``FOR UPDATE``; SQLite's one writer)
-        from the first read to the reservation's insert.
-        """
-        return self.db.run(lambda conn: self._authorize(conn, req, now))
-
-    def _authorize(self, conn: Connection, req: AuthRequest, now: datetime) -> AuthResult:
-        row, ident = self._card_row(conn, req)
-        if ident.failure is not None:
-            failure = ident
-            if failure.counts_as_guess:
-                conn.execute(
-                    SECURITY_EVENT,
-                    {
-                        "kind": failure.event or "unknown-pin",
-                        "nas_id": req.nas_id,
-                        "calling_number": req.calling_number,
-                        "card_id": failure.card_id,
-                        "created_at": now,
-                    },
-                )
-            assert failure.failure is not None
-            return Rejected(failure.failure, failure.serial)
-        method = ident.method
-        state = conn.execute(
-            OPEN_CALLS_AND_RATE,
-            {
-                "card_id": row.id,
-                "now": now,
-                "rate_group": row.rate_group_id,
-                **prefix_params(req.called_number),
-            },
-        ).one()
+    def _grant(
+        self,
+        conn: Connection,
+        req: AuthRequest,
+        now: datetime,
+        card: _Card,
+        method: str,
+        rate: Rate | None,
+        calls: list[Any],
+    ) -> AuthResult:
+        """Decide on one call and reserve its grant; ``calls`` (the card's open calls and what
+        they reserve) counts the grant, for the next request of the batch on the same card."""
         decision = decide(
-            _card_snapshot(row),
-            rate_from_row(state) if state.prefix is not None else None,
-            live_calls=int(state.open_count),
-            reserved_by_others=Decimal(state.reserved),
+            _card_snapshot(card),
+            rate,
+            live_calls=calls[0],
+            reserved_by_others=calls[1],
             now=now,
             limits=self.limits,
         )
-        serial = str(row.serial)
+        serial = str(card.serial)
         if not isinstance(decision, Grant):
             return Rejected(decision.reason, serial)
+        calls[0] += 1
+        calls[1] += decision.reserved_amount
         token = self._new_token()
         _write(
             conn,
             INSERT_GRANT,
             {
                 "token": token,
-                "card_id": row.id,
+                "card_id": card.id,
                 "nas_id": req.nas_id,
                 "auth_method": method,
                 "acct_session_id": req.acct_session_id,
@@ -566,7 +708,7 @@ class Store:
             serial=serial,
             session_seconds=decision.seconds,
             available_amount=decision.available_amount,
-            currency=row.currency,
+            currency=card.currency,
             auth_method=method,
         )
 
@@ -615,6 +757,58 @@ class Store:
             found = conn.execute(CARD_OF_CALL, {"live_id": live_id}).one()
         card = _Changing(_cards, found, _ACCT_CARD_KEYS)
         live = _Changing(_live, conn.execute(CALL_FOR_UPDATE, {"live_id": found.live_id}).one())
+        return self._apply(conn, ev, now, card, live, key)
+
+    def _account_many(
+        self, conn: Connection, accts: Sequence[tuple[AcctEvent, datetime]]
+    ) -> list[AcctResult]:
+        """The accounting events of a batch, whose cards are locked already.
+
+        The calls the server authorized (found by the token in Class) are read in one
+        statement, locked, and each event applied to its call in turn, in memory (a Start and a
+        Stop of one call in the same batch see each other), the writes sent with the next
+        statement or the commit. Every other event (no token, another leg, a NAS restart) then
+        goes :meth:`_account`'s way, after the first ones' writes, so it reads what they wrote.
+        """
+        fast = {
+            ev.token for ev, _ in accts if ev.token and ev.leg != "other" and ev.status in _CALL
+        }
+        found: dict[str, Any] = {}
+        if fast:
+            statement = BATCH[not self.db.is_sqlite].calls
+            found = {row.token: row for row in conn.execute(statement, {"tokens": sorted(fast)})}
+        results: list[AcctResult | None] = [None] * len(accts)
+        cards: dict[int, _Changing] = {}
+        calls: dict[int, _Changing] = {}
+        for index, (ev, now) in enumerate(accts):
+            row = found.get(ev.token) if ev.token in fast and ev.leg != "other" else None
+            if row is None or row.nas_id != ev.nas_id or ev.status not in _CALL:
+                continue
+            card = cards.get(row.card_id)
+            if card is None:
+                values = {key: getattr(row, f"card_{key}") for key in _ACCT_CARD_KEYS}
+                card = cards[row.card_id] = _Changing.of(_cards, values)
+            live = calls.get(row.id)
+            if live is None:
+                values = {column.key: getattr(row, column.key) for column in _live.c}
+                live = calls[row.id] = _Changing.of(_live, values)
+            key = session_key(ev.nas_id, row.boot_epoch or 0, ev.acct_session_id, ev.conf_id)
+            results[index] = self._apply(conn, ev, now, card, live, key)
+        return [
+            result if result is not None else self._account(conn, ev, now)
+            for result, (ev, now) in zip(results, accts, strict=True)
+        ]
+
+    def _apply(
+        self,
+        conn: Connection,
+        ev: AcctEvent,
+        now: datetime,
+        card: _Changing,
+        live: _Changing,
+        key: str | None,
+    ) -> AcctResult:
+        """An event on its call, both locked (card first); every change is written."""
         serial = str(card["serial"])
         if live["state"] == "closed":
             return AcctResult("duplicate", serial)
@@ -790,49 +984,51 @@ class Store:
         elif card["card_type"] == CardType.STANDARD and balance <= 0:
             card["state"] = CardState.EXHAUSTED.value
         card.save(conn)
-        cdr_id = conn.execute(
-            INSERT_CDR,
-            {
-                "call_key": live["token"],
-                "session_key": live["session_key"],
-                "card_id": card["id"],
-                "nas_id": live["nas_id"],
-                "acct_session_id": live["acct_session_id"],
-                "conf_id": live["conf_id"],
-                "leg": "billed",
-                "auth_method": live["auth_method"],
-                "calling_number": live["calling_number"] or (ev.calling_number if ev else ""),
-                "called_number": live["called_number"] or (ev.called_number if ev else ""),
-                "rate_prefix": live["rate_prefix"],
-                "price_per_minute": live["price_per_minute"],
-                "connection_fee": live["connection_fee"],
-                "started_at": started_at,
-                "stopped_at": stopped_at,
-                "duration_seconds": seconds,
-                "billed_seconds": billed_seconds(rate, seconds),
-                "granted_seconds": live["granted_seconds"],
-                "cost": call_cost,
-                "balance_after": balance,
-                "over_grant": seconds > live["granted_seconds"],
-                "close_reason": reason,
-                "terminate_cause": ev.terminate_cause if ev is not None else None,
-                "created_at": now,
-            },
-        ).scalar_one()
-        if call_cost != 0:
-            _write(
-                conn,
-                INSERT_LEDGER,
-                {
-                    "card_id": card["id"],
-                    "kind": "call",
-                    "amount": -call_cost,
-                    "balance_after": balance,
-                    "cdr_id": cdr_id,
-                    "note": "",
-                    "created_at": now,
-                },
-            )
+        cdr = {
+            "call_key": live["token"],
+            "session_key": live["session_key"],
+            "card_id": card["id"],
+            "nas_id": live["nas_id"],
+            "acct_session_id": live["acct_session_id"],
+            "conf_id": live["conf_id"],
+            "leg": "billed",
+            "auth_method": live["auth_method"],
+            "calling_number": live["calling_number"] or (ev.calling_number if ev else ""),
+            "called_number": live["called_number"] or (ev.called_number if ev else ""),
+            "rate_prefix": live["rate_prefix"],
+            "price_per_minute": live["price_per_minute"],
+            "connection_fee": live["connection_fee"],
+            "started_at": started_at,
+            "stopped_at": stopped_at,
+            "duration_seconds": seconds,
+            "billed_seconds": billed_seconds(rate, seconds),
+            "granted_seconds": live["granted_seconds"],
+            "cost": call_cost,
+            "balance_after": balance,
+            "over_grant": seconds > live["granted_seconds"],
+            "close_reason": reason,
+            "terminate_cause": ev.terminate_cause if ev is not None else None,
+            "created_at": now,
+        }
+        if getattr(conn, "defer", None) is not None:
+            # PostgreSQL's hot path: the CDR and its ledger entry in one statement, sent with
+            # the next statement or the commit.
+            _write(conn, CDR_AND_LEDGER, cdr)
+        else:
+            cdr_id = conn.execute(INSERT_CDR, cdr).scalar_one()
+            if call_cost != 0:
+                conn.execute(
+                    INSERT_LEDGER,
+                    {
+                        "card_id": card["id"],
+                        "kind": "call",
+                        "amount": -call_cost,
+                        "balance_after": balance,
+                        "cdr_id": cdr_id,
+                        "note": "",
+                        "created_at": now,
+                    },
+                )
         live["state"] = "closed"
         live["session_seconds"] = seconds
         live["closed_at"] = now

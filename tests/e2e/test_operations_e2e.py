@@ -117,3 +117,45 @@ def test_server_exits_with_a_clear_error_when_its_port_is_taken(deployment: Depl
         taken.close()
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: cannot listen")
+
+
+def metric(body: str, name: str) -> float:
+    return sum(float(line.split()[1]) for line in body.splitlines() if line.startswith(name + " "))
+
+
+def test_a_burst_is_answered_in_batches_each_request_on_its_own(
+    deployment: Deployment, server: ServerProcess
+) -> None:
+    """Sixty Access-Requests sent at once, each on a card of its own: every one is answered
+    for itself (its Identifier, its grant), and the server handled them in fewer batches than
+    requests (the batch-size histogram of the metrics)."""
+    cards = deployment.create_cards(60, "5.00")
+    before = server.metrics()
+    nas = Radius()
+    packets = []
+    for ident, card in enumerate(cards):
+        pkt = nas.access_request(card["pin"], Called_Station_Id="441234567890")
+        pkt.id = ident
+        packets.append(pkt)
+    raws = [pkt.RequestPacket() for pkt in packets]
+    for raw in raws:  # all in flight at once, from one NAS port
+        nas.sock.sendto(raw, ("127.0.0.1", server.auth_port))
+    nas.sock.settimeout(5)
+    timeouts = {}
+    for _ in packets:
+        data, _ = nas.sock.recvfrom(8192)
+        pkt = packets[data[1]]
+        reply = pkt.CreateReply(packet=data)
+        assert pkt.VerifyReply(reply, data, enforce_ma=True)
+        timeouts[pkt.id] = reply["Session-Timeout"][0]
+    nas.close()
+    assert timeouts == dict.fromkeys(range(60), 4242)
+    after = server.metrics()
+    requests = metric(after, "prepaid_radius_batch_size_sum") - metric(
+        before, "prepaid_radius_batch_size_sum"
+    )
+    batches = metric(after, "prepaid_radius_batch_size_count") - metric(
+        before, "prepaid_radius_batch_size_count"
+    )
+    assert requests == 60
+    assert batches < requests

@@ -18,15 +18,14 @@ from store_support import EPOCH, add_card, nas_id, pin_of, pin_request, store_fi
 
 from billing.calls import Accepted, AcctEvent, AcctStatus
 from billing.storage.database import Database, HotConnection
-from billing.storage.rates import prefix_params
+from billing.storage.rates import candidate_prefixes
 from billing.storage.store import (
     _UPDATE_BY_ID,
+    BATCH,
     CALL_FOR_UPDATE,
-    CARD_BY_PIN,
     CARD_OF_TOKEN,
     INSERT_GRANT,
     INSERT_LEDGER,
-    OPEN_CALLS_AND_RATE,
     SessionPolicy,
     Store,
     _cards,
@@ -84,20 +83,14 @@ def test_rows_are_the_same_values_and_types_as_sqlalchemy(store: Store, prepare:
         live_id = conn.execute(
             text("SELECT id FROM live_sessions WHERE token = :t"), {"t": token}
         ).scalar()
+    batch = BATCH[True]
+    names = {"serials": [], "anis": [], "tokens": [token]}
     cases = [
-        (CARD_BY_PIN, {"pin_hash": store._hash_pin(pin_of(serial))}),
+        (batch.cards, {**names, "pin_hashes": [store._hash_pin(pin_of(serial))]}),
+        (batch.open_calls, {"card_ids": [card_id], "now": EPOCH}),
         (
-            OPEN_CALLS_AND_RATE,
-            {
-                "card_id": card_id,
-                "now": EPOCH,
-                "rate_group": rate_group(store),
-                **prefix_params("4412"),
-            },
-        ),
-        (
-            OPEN_CALLS_AND_RATE,
-            {"card_id": card_id, "now": EPOCH, "rate_group": 0, **prefix_params("1")},
+            batch.rates,
+            {"groups": [rate_group(store)], "prefixes": candidate_prefixes("4412")},
         ),
         (CARD_OF_TOKEN, {"token": token, "nas_id": nas_id(store)}),
         (CALL_FOR_UPDATE, {"live_id": live_id}),
@@ -221,15 +214,19 @@ def test_each_packet_of_a_call_takes_three_or_four_round_trips(
     assert start_and_stop(store, granted, nas, second) == ["started", "billed"]
     calls = [m for m in counted if m[0] != "PREPARE"]
     # BEGIN rides with the first statement, the writes with the next read or with COMMIT.
-    assert auth == [["BEGIN", "EXECUTE"], ["EXECUTE"], ["EXECUTE", "COMMIT"]]
+    assert auth == [
+        ["BEGIN", "EXECUTE"],  # the card, locked
+        ["EXECUTE"],  # its open calls
+        ["EXECUTE"],  # the candidate rates
+        ["EXECUTE", "COMMIT"],  # the grant
+    ]
     assert calls == [
         ["BEGIN", "EXECUTE"],  # Start: the card, by token
         ["EXECUTE"],  # the call, locked
         ["EXECUTE", "EXECUTE", "COMMIT"],  # the call and the card's first use
         ["BEGIN", "EXECUTE"],  # Stop: the card
         ["EXECUTE"],  # the call
-        ["EXECUTE", "EXECUTE"],  # the card's debit, then the CDR (its id read back)
-        ["EXECUTE", "EXECUTE", "COMMIT"],  # the ledger entry, the call closed
+        ["EXECUTE", "EXECUTE", "EXECUTE", "COMMIT"],  # the debit, CDR and ledger, call closed
     ]
     with store.db.engine.connect() as conn:
         balance, cdrs = conn.execute(
@@ -240,6 +237,45 @@ def test_each_packet_of_a_call_takes_three_or_four_round_trips(
             {"s": second},
         ).one()
     assert (balance, cdrs) == (Decimal("4.8030"), 1)
+
+
+def test_a_batch_takes_as_many_round_trips_as_one_request(
+    store: Store, counted: list[list[str]]
+) -> None:
+    """Five authorizations and the Stops of two calls in one batch: five messages in all, the
+    three reads of one authorization and one read of the calls, whatever their number."""
+    nas = nas_id(store)
+    cards = [next(serials) for _ in range(7)]
+    for serial in cards:
+        add_card(store, serial, Decimal("5.00"))
+    calls = [authorize(store, serial, nas) for serial in cards[5:]]
+    stops = [
+        (
+            AcctEvent(
+                nas_id=nas,
+                status=AcctStatus.STOP,
+                event_at=EPOCH,
+                token=granted.token,
+                acct_session_id=f"b-{serial}",
+                session_seconds=125,
+            ),
+            EPOCH,
+        )
+        for granted, serial in zip(calls, cards[5:], strict=True)
+    ]
+    counted.clear()
+    auths, accts = store.process(
+        [(pin_request(nas, serial, f"b-{serial}"), EPOCH) for serial in cards[:5]], stops
+    )
+    assert all(isinstance(result, Accepted) for result in auths), auths
+    assert [result.outcome for result in accts] == ["billed", "billed"]  # type: ignore[union-attr]
+    assert [m for m in counted if m[0] != "PREPARE"] == [
+        ["BEGIN", "EXECUTE"],  # every card of the batch, locked
+        ["EXECUTE"],  # their open calls
+        ["EXECUTE"],  # the candidate rates
+        ["EXECUTE"] * 6,  # the five grants; both Stops' calls, locked
+        ["EXECUTE"] * 6 + ["COMMIT"],  # per Stop: the debit, CDR and ledger, the call closed
+    ]
 
 
 def test_deferred_writes_run_in_order_inside_the_transaction(store: Store) -> None:
