@@ -67,6 +67,9 @@ class RateGroup(Base):
     name: Mapped[str] = mapped_column(String(64), unique=True)
     currency: Mapped[str] = mapped_column(String(3))
     created_at: Mapped[UtcTime]
+    # Changed (by a trigger, revision 0005) with every change to the group's rates: the server's
+    # cache of the group's rates is good while the version is the one it loaded.
+    rates_version: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class RateRow(Base):

@@ -13,6 +13,7 @@ from sqlalchemy import Connection, bindparam, func, select
 from sqlalchemy.orm import Session
 
 from billing.rating import Rate
+from billing.storage.database import hot
 from billing.storage.models import RateRow
 
 MAX_PREFIX_LENGTH = 32
@@ -89,3 +90,41 @@ def rate_from_row(row: Any) -> Rate:
         grace_seconds=row.grace_seconds,
         description=row.description,
     )
+
+
+_RATES_OF_GROUP = hot(select(_rates).where(_rates.c.rate_group_id == bindparam("rate_group")))
+
+
+class RateCache:
+    """Each rate group's rates in memory, for the server's authorizations.
+
+    A group's rates are good while the group's ``rates_version`` (changed by a trigger with
+    every change to its rates, revision 0005) is the one they were loaded at; the caller reads
+    the version with the card, in its transaction, and a newer one loads the group again. So a
+    call is never rated at a price the group no longer has, and the longest-prefix search is a
+    few dictionary look-ups instead of a statement (50,000 rates take about 10 MB).
+    """
+
+    def __init__(self) -> None:
+        self._groups: dict[int, tuple[int, dict[str, Rate]]] = {}
+
+    def rate(self, conn: Connection, rate_group_id: int, version: int, number: str) -> Rate | None:
+        """The rate of the longest prefix of ``number`` in the group, as of ``version``."""
+        if not number or not (number.isascii() and number.isdigit()):
+            return None
+        rates = self._rates(conn, rate_group_id, version)
+        for prefix in candidate_prefixes(number):
+            rate = rates.get(prefix)
+            if rate is not None:
+                return rate
+        return None
+
+    def _rates(self, conn: Connection, rate_group_id: int, version: int) -> dict[str, Rate]:
+        cached = self._groups.get(rate_group_id)
+        if cached is not None and cached[0] >= version:
+            return cached[1]
+        rows = conn.execute(_RATES_OF_GROUP, {"rate_group": rate_group_id})
+        rates = {row.prefix: rate_from_row(row) for row in rows}
+        # Threads may load a group at once: each stores a whole, consistent set.
+        self._groups[rate_group_id] = (version, rates)
+        return rates

@@ -72,10 +72,10 @@ from billing.storage.models import (
     LedgerEntry,
     LiveSession,
     NasClient,
-    RateRow,
+    RateGroup,
     SecurityEvent,
 )
-from billing.storage.rates import candidate_prefixes, rate_for, rate_from_row
+from billing.storage.rates import RateCache, rate_for
 
 OPEN_STATES = ("authorized", "started")
 _CALL = frozenset({AcctStatus.START, AcctStatus.INTERIM, AcctStatus.STOP})  # events of one call
@@ -102,7 +102,7 @@ _CARD_COLUMNS = [
 ]
 _live = cast(Table, LiveSession.__table__)
 _binds = cast(Table, BindNumber.__table__)
-_rates = cast(Table, RateRow.__table__)
+_groups = cast(Table, RateGroup.__table__)
 INSERT_GRANT = hot(insert(_live).values(state="authorized", session_key=None, session_seconds=0))
 SECURITY_EVENT = hot(insert(cast(Table, SecurityEvent.__table__)))
 
@@ -114,7 +114,6 @@ class _BatchStatements:
 
     cards: Any
     open_calls: Any
-    rates: Any
     calls: Any
 
 
@@ -134,9 +133,9 @@ def _batch_statements(postgresql_arrays: bool) -> _BatchStatements:
         select(_live.c.card_id).where(among(_live.c.token, "tokens", String)),
     ).subquery("named")
     cards = (
-        select(*_CARD_COLUMNS, _binds.c.ani.label("bound_ani"))
+        select(*_CARD_COLUMNS, _binds.c.ani.label("bound_ani"), _groups.c.rates_version)
         .select_from(
-            _cards.outerjoin(
+            _cards.join(_groups, _groups.c.id == _cards.c.rate_group_id).outerjoin(
                 _binds,
                 and_(_binds.c.card_id == _cards.c.id, among(_binds.c.ani, "anis", String)),
             )
@@ -170,18 +169,13 @@ def _batch_statements(postgresql_arrays: bool) -> _BatchStatements:
         .where(among(_live.c.token, "tokens", String))
         .order_by(_live.c.id)
     )
-    rates = select(_rates).where(
-        among(_rates.c.rate_group_id, "groups", BigInteger),
-        among(_rates.c.prefix, "prefixes", String),
-    )
     if postgresql_arrays:
         return _BatchStatements(
             hot(cards.with_for_update(of=_cards)),
             hot(open_calls),
-            hot(rates),
             hot(calls.with_for_update(of=_live)),
         )
-    return _BatchStatements(cards, open_calls, rates, calls)
+    return _BatchStatements(cards, open_calls, calls)
 
 
 # The accounting's statements. A call's card is locked before its live session, the order that
@@ -252,11 +246,11 @@ _UPDATE_BY_ID = {
 }
 
 #: By database: True for PostgreSQL. ``cards``: every card a batch names (by PIN hash, card
-#: number, bound ANI, or a call's token), with the ANI it was named by, locked in id order so
+#: number, bound ANI, or a call's token), with the ANI it was named by and its rate group's
+#: ``rates_version``, locked in id order so
 #: two batches never wait for each other in a cycle (SQLite has one writer anyway).
 #: ``open_calls``: those cards' open calls, read after the locks are held, so (READ COMMITTED)
-#: every grant committed by whoever held a card before is seen. ``rates``: every rate of the
-#: cards' groups whose prefix begins a dialled number; the longest wins. ``calls``: the calls
+#: every grant committed by whoever held a card before is seen. ``calls``: the calls
 #: (and their cards' accounting columns) the batch's accounting events name by token, locked.
 BATCH = {True: _batch_statements(True), False: _batch_statements(False)}
 
@@ -323,11 +317,6 @@ class _Card:
     if TYPE_CHECKING:
 
         def __getattr__(self, name: str) -> Any: ...
-
-
-def _dialable(number: str) -> bool:
-    """Whether a (normalized) destination can match a rate: digits only."""
-    return bool(number) and number.isascii() and number.isdigit()
 
 
 def _rate_of(session: _Changing) -> Rate:
@@ -415,6 +404,7 @@ class Store:
         self.security = security
         self.sessions = sessions
         self._new_token = token_factory
+        self._rates = RateCache()
 
     # ------------------------------------------------------------------ NAS clients
     def load_nas_clients(self) -> list[Nas]:
@@ -520,10 +510,11 @@ class Store:
     ) -> list[AuthResult]:
         """Identify the cards, decide each request in turn, and reserve the grants.
 
-        The server's hot path, the same for one request or a batch: three reads (the cards,
-        locked; their open calls; the candidate rates), then the decisions in memory, in order,
-        each seeing the grants made before it in the batch, then the writes, which travel with
-        the commit (PostgreSQL). ``accts``: the batch's accounting events, whose cards are
+        The server's hot path, the same for one request or a batch: two reads (the cards,
+        locked, with their rate groups' versions; their open calls), the rates from memory
+        (:class:`~billing.storage.rates.RateCache`), then the decisions, in order, each seeing
+        the grants made before it in the batch, then the writes, which travel with the commit
+        (PostgreSQL). ``accts``: the batch's accounting events, whose cards are
         locked here too, in the same id order.
         """
         statements = BATCH[not self.db.is_sqlite]
@@ -555,7 +546,6 @@ class Store:
         ]
         used = {card.id: card for card, _ in identified if card is not None}
         open_calls: dict[int, list[Any]] = {card_id: [0, ZERO] for card_id in used}
-        rates: dict[tuple[int, str], Rate] = {}
         if used:
             calls = conn.execute(
                 statements.open_calls,
@@ -563,18 +553,6 @@ class Store:
             )
             for row in calls:
                 open_calls[row.card_id] = [int(row.open_count), Decimal(row.reserved)]
-            prefixes = {
-                prefix
-                for (req, _), (card, _) in zip(auths, identified, strict=True)
-                if card is not None and _dialable(req.called_number)
-                for prefix in candidate_prefixes(req.called_number)
-            }
-            if prefixes:
-                groups = sorted({card.rate_group_id for card in used.values()})
-                for row in conn.execute(
-                    statements.rates, {"groups": groups, "prefixes": sorted(prefixes)}
-                ):
-                    rates[(row.rate_group_id, row.prefix)] = rate_from_row(row)
         results: list[AuthResult] = []
         for (req, now), (card, ident) in zip(auths, identified, strict=True):
             if ident.failure is not None:
@@ -593,12 +571,7 @@ class Store:
                 results.append(Rejected(ident.failure, ident.serial))
                 continue
             assert card is not None
-            rate = None
-            if _dialable(req.called_number):
-                for prefix in candidate_prefixes(req.called_number):
-                    rate = rates.get((card.rate_group_id, prefix))
-                    if rate is not None:
-                        break
+            rate = self._rates.rate(conn, card.rate_group_id, card.rates_version, req.called_number)
             calls = open_calls[card.id]
             results.append(self._grant(conn, req, now, card, ident.method, rate, calls))
         return results

@@ -16,7 +16,7 @@ from datetime import timedelta
 from decimal import Decimal
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.exc import DBAPIError
 from store_support import EPOCH, add_card, nas_id, pin_of, pin_request, store_fixture
 
@@ -152,3 +152,29 @@ def test_a_request_the_database_refuses_costs_only_itself(store: Store) -> None:
     assert isinstance(auths[1], DBAPIError)
     assert pin_of(other)  # the card itself is untouched: it can still call
     assert isinstance(store.authorize(pin_request(nas, other, "ok"), EPOCH), Accepted)
+
+
+def test_a_change_to_the_rates_reaches_the_next_authorization(store: Store) -> None:
+    """The server rates from its copy of the group's rates; any change to them, even by hand in
+    SQL, bumps the group's version (a trigger), so the next authorization sees the new price."""
+    first, second, third = next(serials), next(serials), next(serials)
+    for serial in (first, second, third):
+        add_card(store, serial, Decimal("5.00"))
+    assert granted(store, first, "before").session_seconds == 4242  # 0.07/min, loads the copy
+    with store.db.engine.begin() as conn:
+        conn.execute(text("UPDATE rates SET price_per_minute = 0.14 WHERE prefix = '44'"))
+    assert granted(store, second, "dearer").session_seconds == 2118  # 0.14/min: 30 + 348 x 6
+    with store.db.engine.begin() as conn:
+        group = conn.execute(text("SELECT rate_group_id FROM rates")).scalar_one()
+        conn.execute(
+            text(
+                "INSERT INTO rates (rate_group_id, prefix, description, price_per_minute, "
+                "connection_fee, first_increment, next_increment, grace_seconds) "
+                "VALUES (:g, '4412', '', 0.07, 0.05, 30, 6, 0)"
+            ),
+            {"g": group},
+        )
+    assert granted(store, third, "longer").session_seconds == 4242  # 441234: the new 4412
+    with store.db.engine.begin() as conn:
+        conn.execute(text("DELETE FROM rates WHERE prefix = '4412'"))
+        conn.execute(text("UPDATE rates SET price_per_minute = 0.07 WHERE prefix = '44'"))

@@ -18,7 +18,7 @@ from store_support import EPOCH, add_card, nas_id, pin_of, pin_request, store_fi
 
 from billing.calls import Accepted, AcctEvent, AcctStatus
 from billing.storage.database import Database, HotConnection
-from billing.storage.rates import candidate_prefixes
+from billing.storage.rates import _RATES_OF_GROUP
 from billing.storage.store import (
     _UPDATE_BY_ID,
     BATCH,
@@ -88,10 +88,7 @@ def test_rows_are_the_same_values_and_types_as_sqlalchemy(store: Store, prepare:
     cases = [
         (batch.cards, {**names, "pin_hashes": [store._hash_pin(pin_of(serial))]}),
         (batch.open_calls, {"card_ids": [card_id], "now": EPOCH}),
-        (
-            batch.rates,
-            {"groups": [rate_group(store)], "prefixes": candidate_prefixes("4412")},
-        ),
+        (_RATES_OF_GROUP, {"rate_group": rate_group(store)}),
         (CARD_OF_TOKEN, {"token": token, "nas_id": nas_id(store)}),
         (CALL_FOR_UPDATE, {"live_id": live_id}),
     ]
@@ -215,9 +212,8 @@ def test_each_packet_of_a_call_takes_three_or_four_round_trips(
     calls = [m for m in counted if m[0] != "PREPARE"]
     # BEGIN rides with the first statement, the writes with the next read or with COMMIT.
     assert auth == [
-        ["BEGIN", "EXECUTE"],  # the card, locked
-        ["EXECUTE"],  # its open calls
-        ["EXECUTE"],  # the candidate rates
+        ["BEGIN", "EXECUTE"],  # the card, locked, with its rate group's version
+        ["EXECUTE"],  # its open calls (the rate is the server's copy)
         ["EXECUTE", "COMMIT"],  # the grant
     ]
     assert calls == [
@@ -242,8 +238,8 @@ def test_each_packet_of_a_call_takes_three_or_four_round_trips(
 def test_a_batch_takes_as_many_round_trips_as_one_request(
     store: Store, counted: list[list[str]]
 ) -> None:
-    """Five authorizations and the Stops of two calls in one batch: five messages in all, the
-    three reads of one authorization and one read of the calls, whatever their number."""
+    """Five authorizations and the Stops of two calls in one batch: four messages in all, the
+    two reads of one authorization and one read of the calls, whatever their number."""
     nas = nas_id(store)
     cards = [next(serials) for _ in range(7)]
     for serial in cards:
@@ -272,7 +268,6 @@ def test_a_batch_takes_as_many_round_trips_as_one_request(
     assert [m for m in counted if m[0] != "PREPARE"] == [
         ["BEGIN", "EXECUTE"],  # every card of the batch, locked
         ["EXECUTE"],  # their open calls
-        ["EXECUTE"],  # the candidate rates
         ["EXECUTE"] * 6,  # the five grants; both Stops' calls, locked
         ["EXECUTE"] * 6 + ["COMMIT"],  # per Stop: the debit, CDR and ledger, the call closed
     ]
