@@ -1,11 +1,12 @@
 """The RADIUS server: datagrams in, billing calls, replies out.
 
 The reactor thread does only cheap work: find the NAS by source address, check the packet's
-structure, answer a retransmission from the reply cache, and hand the rest to a worker thread.
-Decoding, verification and all database or Redis work run on the worker pool; the reply is sent
-back from the reactor. A datagram is never answered twice concurrently: a copy that arrives
-while its original is being processed is dropped (the NAS will retransmit and get the cached
-reply).
+structure, answer a retransmission from the reply cache, and queue the rest for the worker
+threads, which take them up in batches (what queued while they were busy; see
+:class:`RadiusServer`). Decoding, verification and all database or Redis work run on the
+worker pool; the replies are sent back from the reactor. A datagram is never answered twice
+concurrently: a copy that arrives while its original is being processed is dropped (the NAS
+will retransmit and get the cached reply).
 
 The outcome vocabulary is the one FreeRADIUS modules use: accept, reject, or drop. A drop sends
 nothing — for unknown sources, malformed or unverifiable packets, and when the database fails,
@@ -90,7 +91,8 @@ class Job:
     arrival: float
 
 
-#: What a job came to: a reply (or none, for a replayed one in flight elsewhere), or why not.
+#: What a job came to: its reply, or why it gets none (Drop, Malformed, a database or Redis
+#: error).
 JobResult = Outcome | BaseException
 
 
@@ -238,7 +240,8 @@ class Handler:
         accts: list[tuple[AcctEvent, datetime]] = []
         work: list[tuple[_Decoded, Any, dict[str, Any]]] = []
         for d in decoded:
-            kind, request, fields = d.job.kind, d.request, {}
+            kind, request = d.job.kind, d.request
+            fields: dict[str, Any] = {}
             profile = PROFILES.get(d.job.nas.profile, PROFILES["generic"])
             if request.code == STATUS_SERVER:
                 code = ACCESS_ACCEPT if kind == AUTH else ACCOUNTING_RESPONSE
@@ -424,7 +427,7 @@ class RadiusServer:
             d = deferToThreadPool(
                 self.reactor, self.pool, self.handler.handle_batch, [b[0] for b in batch]
             )
-            d.addCallbacks(self._answer, self._failed, (batch,), None, (batch,), None)
+            d.addCallbacks(self._answer, self._failed, (batch,), {}, (batch,), {})
             d.addBoth(self._batch_done, batch)
 
     def _answer(self, results: list[JobResult], batch: list[Any]) -> None:

@@ -86,29 +86,7 @@ Claim = tuple[str, tuple[str, ...] | None, str | None]
 ClaimResult = tuple[tuple[bool, bytes | None], tuple[bool, bool] | None]
 
 
-class _OneByOne:
-    """The batch methods of :class:`LiveState` as loops over the single ones: right for state
-    in this process, where a call costs no round trip."""
-
-    def claim_many(self, claims: list[Claim], ttl_seconds: float) -> list[ClaimResult]:
-        return [
-            (
-                self.reply_claim(key, ttl_seconds),  # type: ignore[attr-defined]
-                None if keys is None else self.throttle_state(keys, failure_key),  # type: ignore[attr-defined]
-            )
-            for key, keys, failure_key in claims
-        ]
-
-    def reply_put_many(self, replies: list[tuple[str, bytes]], ttl_seconds: float) -> None:
-        for key, data in replies:
-            self.reply_put(key, data, ttl_seconds)  # type: ignore[attr-defined]
-
-    def reply_release_many(self, keys: list[str]) -> None:
-        for key in keys:
-            self.reply_release(key)  # type: ignore[attr-defined]
-
-
-class InProcessLiveState(_OneByOne):
+class InProcessLiveState:
     """Dictionaries with expiry times, guarded by one lock (handlers run on worker threads)."""
 
     def __init__(self, clock: Callable[[], float], max_replies: int = 100_000) -> None:
@@ -200,6 +178,24 @@ class InProcessLiveState(_OneByOne):
         self, key: str, ttl_seconds: float, keys: tuple[str, ...], failure_key: str | None
     ) -> tuple[tuple[bool, bytes | None], tuple[bool, bool]]:
         return self.reply_claim(key, ttl_seconds), self.throttle_state(keys, failure_key)
+
+    # The batch methods, one by one: in this process a call costs no round trip.
+    def claim_many(self, claims: list[Claim], ttl_seconds: float) -> list[ClaimResult]:
+        return [
+            (
+                self.reply_claim(key, ttl_seconds),
+                None if keys is None else self.throttle_state(keys, failure_key),
+            )
+            for key, keys, failure_key in claims
+        ]
+
+    def reply_put_many(self, replies: list[tuple[str, bytes]], ttl_seconds: float) -> None:
+        for key, data in replies:
+            self.reply_put(key, data, ttl_seconds)
+
+    def reply_release_many(self, keys: list[str]) -> None:
+        for key in keys:
+            self.reply_release(key)
 
     def ping(self) -> bool:
         return True

@@ -451,12 +451,17 @@ class Store:
 
         Every card the batch may touch is locked first, in one statement and in card order, so
         two batches (in this process or another) never wait for each other in a cycle. Then the
-        accounting events, then the authorizations, each as its own method would do it alone
-        (so an authorization sees the money a Stop of the same batch released).
+        authorizations are decided, in order, then the accounting events applied, in order:
+        each sees what the ones before it in the batch did (a second authorization on a card
+        sees the first one's reservation), exactly as in transactions of their own one after
+        the other. An authorization does not see the money a Stop in the same batch releases:
+        as if the Stop had come a moment later.
 
-        When the batch fails with an error the database reported (rather than a lost
-        connection), each request is run again in its own transaction, so one bad request
-        costs only itself: its result is the exception.
+        A unique key that refuses a write (another process opened or billed the same call at
+        the same moment) runs the batch again; it then finds the call. When the batch fails
+        with an error the database reported (rather than a lost connection), each request is
+        run again in its own transaction, so one bad request costs only itself: its result is
+        the exception. A single request's error is raised.
         """
         if not auths and not accts:
             return [], []
@@ -547,14 +552,14 @@ class Store:
         used = {card.id: card for card, _ in identified if card is not None}
         open_calls: dict[int, list[Any]] = {card_id: [0, ZERO] for card_id in used}
         if used:
-            calls = conn.execute(
+            rows = conn.execute(
                 statements.open_calls,
                 {"card_ids": sorted(used), "now": min(now for _, now in auths)},
             )
-            for row in calls:
+            for row in rows:
                 open_calls[row.card_id] = [int(row.open_count), Decimal(row.reserved)]
         results: list[AuthResult] = []
-        for (req, now), (card, ident) in zip(auths, identified, strict=True):
+        for (req, now), (caller, ident) in zip(auths, identified, strict=True):
             if ident.failure is not None:
                 if ident.counts_as_guess:
                     _write(
@@ -570,10 +575,12 @@ class Store:
                     )
                 results.append(Rejected(ident.failure, ident.serial))
                 continue
-            assert card is not None
-            rate = self._rates.rate(conn, card.rate_group_id, card.rates_version, req.called_number)
-            calls = open_calls[card.id]
-            results.append(self._grant(conn, req, now, card, ident.method, rate, calls))
+            assert caller is not None
+            rate = self._rates.rate(
+                conn, caller.rate_group_id, caller.rates_version, req.called_number
+            )
+            calls = open_calls[caller.id]
+            results.append(self._grant(conn, req, now, caller, ident.method, rate, calls))
         return results
 
     def _identify(
@@ -689,18 +696,13 @@ class Store:
     def account(self, ev: AcctEvent, now: datetime) -> AcctResult:
         """Apply one accounting event; safe to call again with the same event (retries).
 
-        One transaction on a Core connection, like authorization. A connection the database
-        dropped is retried once on a fresh one by :meth:`Database.run`.
+        A batch of its own (:meth:`process`). A connection the database dropped is retried
+        once on a fresh one by :meth:`Database.run`.
         """
-        for attempt in range(3):
-            try:
-                return self.db.run(lambda conn: self._account(conn, ev, now))
-            except IntegrityError:
-                # Another process opened or billed the same call at the same moment: the
-                # unique keys refused the second copy. Run again; it now finds the call.
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
+        _, (result,) = self.process([], [(ev, now)])
+        if isinstance(result, Exception):
+            raise result
+        return result
 
     def _account(self, conn: Connection, ev: AcctEvent, now: datetime) -> AcctResult:
         """A call the server authorized costs a handful of statements: its card found and locked
