@@ -33,6 +33,7 @@ from sqlalchemy import (
     insert,
     literal_column,
     select,
+    true,
     union,
     update,
 )
@@ -143,19 +144,36 @@ def _batch_statements(postgresql_arrays: bool) -> _BatchStatements:
         .where(_cards.c.id.in_(select(named.c.id)))
         .order_by(_cards.c.id)
     )
-    open_calls = (
-        select(
-            _live.c.card_id,
-            func.count(_live.c.id).label("open_count"),
-            func.coalesce(func.sum(_live.c.reserved_amount), 0).label("reserved"),
-        )
-        .where(
-            among(_live.c.card_id, "card_ids", BigInteger),
-            _live.c.state.in_([literal_column(f"'{state}'") for state in OPEN_STATES]),
-            _live.c.deadline_at > bindparam("now"),
-        )
-        .group_by(_live.c.card_id)
+    counted = (
+        func.count(_live.c.id).label("open_count"),
+        func.coalesce(func.sum(_live.c.reserved_amount), 0).label("reserved"),
     )
+    is_open = (
+        _live.c.state.in_([literal_column(f"'{state}'") for state in OPEN_STATES]),
+        _live.c.deadline_at > bindparam("now"),
+    )
+    if postgresql_arrays:
+        # Card by card (a lateral join on the array): each an index scan on the card's open
+        # calls, as the planner makes it for one card. With ``card_id = ANY(...)`` instead, a
+        # generic plan made while live_sessions is small (a fresh install) reads the whole
+        # table at every batch once it has grown, until it is analyzed again: 3.3 ms a batch
+        # in the benchmark, against 0.4.
+        wanted = (
+            func.unnest(bindparam("card_ids", type_=postgresql.ARRAY(BigInteger)))
+            .table_valued("card_id")
+            .render_derived(name="wanted")
+        )
+        per_card = select(*counted).where(_live.c.card_id == wanted.c.card_id, *is_open)
+        lateral = per_card.lateral("open_calls")
+        open_calls = select(wanted.c.card_id, lateral.c.open_count, lateral.c.reserved).select_from(
+            wanted.join(lateral, true())
+        )
+    else:
+        open_calls = (
+            select(_live.c.card_id, *counted)
+            .where(among(_live.c.card_id, "card_ids", BigInteger), *is_open)
+            .group_by(_live.c.card_id)
+        )
     calls = (
         select(
             *(_cards.c[key].label(f"card_{key}") for key in _ACCT_CARD_KEYS),
