@@ -127,11 +127,28 @@ def _batch_statements(postgresql_arrays: bool) -> _BatchStatements:
             return column == any_(bindparam(name, type_=postgresql.ARRAY(item_type)))
         return column.in_(bindparam(name, expanding=True))
 
+    def each(name: str, item_type: Any, per_item: Callable[[Any], Any]) -> Any:
+        """``per_item(value)`` for each value of the array ``name``, a lateral join
+        (PostgreSQL): an index scan per value, as the planner makes it for one value. With
+        ``= ANY(...)`` instead, a generic plan made while live_sessions is small (a fresh
+        install) reads the whole table at every batch once it has grown, until it is analyzed
+        again (in the benchmark: 3.3 ms a batch for the open calls, against 0.055)."""
+        wanted = (
+            func.unnest(bindparam(name, type_=postgresql.ARRAY(item_type)))
+            .table_valued("value")
+            .render_derived(name=f"wanted_{name}")
+        )
+        found = per_item(wanted.c.value).lateral(f"each_{name}")
+        return select(found).select_from(wanted.join(found, true()))
+
+    by_token = select(_live.c.card_id)
     named = union(
         select(_cards.c.id).where(among(_cards.c.pin_hash, "pin_hashes", String)),
         select(_cards.c.id).where(among(_cards.c.serial, "serials", BigInteger)),
         select(_binds.c.card_id).where(among(_binds.c.ani, "anis", String)),
-        select(_live.c.card_id).where(among(_live.c.token, "tokens", String)),
+        each("tokens", String, lambda token: by_token.where(_live.c.token == token))
+        if postgresql_arrays
+        else by_token.where(among(_live.c.token, "tokens", String)),
     ).subquery("named")
     cards = (
         select(*_CARD_COLUMNS, _binds.c.ani.label("bound_ani"), _groups.c.rates_version)
@@ -153,20 +170,14 @@ def _batch_statements(postgresql_arrays: bool) -> _BatchStatements:
         _live.c.deadline_at > bindparam("now"),
     )
     if postgresql_arrays:
-        # Card by card (a lateral join on the array): each an index scan on the card's open
-        # calls, as the planner makes it for one card. With ``card_id = ANY(...)`` instead, a
-        # generic plan made while live_sessions is small (a fresh install) reads the whole
-        # table at every batch once it has grown, until it is analyzed again: 3.3 ms a batch
-        # in the benchmark, against 0.4.
-        wanted = (
-            func.unnest(bindparam("card_ids", type_=postgresql.ARRAY(BigInteger)))
-            .table_valued("card_id")
-            .render_derived(name="wanted")
-        )
-        per_card = select(*counted).where(_live.c.card_id == wanted.c.card_id, *is_open)
-        lateral = per_card.lateral("open_calls")
-        open_calls = select(wanted.c.card_id, lateral.c.open_count, lateral.c.reserved).select_from(
-            wanted.join(lateral, true())
+        open_calls = each(
+            "card_ids",
+            BigInteger,
+            lambda card_id: (
+                select(_live.c.card_id, *counted)
+                .where(_live.c.card_id == card_id, *is_open)
+                .group_by(_live.c.card_id)
+            ),
         )
     else:
         open_calls = (
@@ -174,25 +185,23 @@ def _batch_statements(postgresql_arrays: bool) -> _BatchStatements:
             .where(among(_live.c.card_id, "card_ids", BigInteger), *is_open)
             .group_by(_live.c.card_id)
         )
-    calls = (
-        select(
-            *(_cards.c[key].label(f"card_{key}") for key in _ACCT_CARD_KEYS),
-            *_live.c,
-            select(_nas.c.boot_epoch)
-            .where(_nas.c.id == _live.c.nas_id)
-            .scalar_subquery()
-            .label("boot_epoch"),
-        )
-        .join_from(_live, _cards, _live.c.card_id == _cards.c.id)
-        .where(among(_live.c.token, "tokens", String))
-        .order_by(_live.c.id)
-    )
+    call = select(
+        *(_cards.c[key].label(f"of_card_{key}") for key in _ACCT_CARD_KEYS),
+        *_live.c,
+        select(_nas.c.boot_epoch)
+        .where(_nas.c.id == _live.c.nas_id)
+        .scalar_subquery()
+        .label("boot_epoch"),
+    ).join_from(_live, _cards, _live.c.card_id == _cards.c.id)
+    calls = call.where(among(_live.c.token, "tokens", String)).order_by(_live.c.id)
     if postgresql_arrays:
-        return _BatchStatements(
-            hot(cards.with_for_update(of=_cards)),
-            hot(open_calls),
-            hot(calls.with_for_update(of=_live)),
+        # Each call locked as it is found (its card is locked already, by ``cards``).
+        calls = each(
+            "tokens",
+            String,
+            lambda token: call.where(_live.c.token == token).with_for_update(of=_live),
         )
+        return _BatchStatements(hot(cards.with_for_update(of=_cards)), hot(open_calls), hot(calls))
     return _BatchStatements(cards, open_calls, calls)
 
 
@@ -779,7 +788,7 @@ class Store:
                 continue
             card = cards.get(row.card_id)
             if card is None:
-                values = {key: getattr(row, f"card_{key}") for key in _ACCT_CARD_KEYS}
+                values = {key: getattr(row, f"of_card_{key}") for key in _ACCT_CARD_KEYS}
                 card = cards[row.card_id] = _Changing.of(_cards, values)
             live = calls.get(row.id)
             if live is None:
