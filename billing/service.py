@@ -55,16 +55,6 @@ class SessionService:
         lockouts = tuple(key for key, _ in sources)
         return lockouts, (f"ani:{req.calling_number}" if req.calling_number else None)
 
-    def authorize(
-        self, req: AuthRequest, now: datetime, throttle: tuple[bool, bool] | None = None
-    ) -> AuthResult:
-        """Authorize unless a source is locked out. ``throttle`` is the state of
-        :meth:`throttle_keys` (locked out, caller has failures) when the caller fetched it."""
-        (result,), _ = self.process([(req, now, throttle)], [])
-        if isinstance(result, BaseException):
-            raise result
-        return result
-
     def process(
         self,
         auths: Sequence[tuple[AuthRequest, datetime, tuple[bool, bool] | None]],
@@ -120,9 +110,6 @@ class SessionService:
         elif not isinstance(result, Rejected) and ani_key is not None and ani_failures:
             self.live.reset_failures(ani_key)
         return result
-
-    def account(self, event: AcctEvent, now: datetime) -> AcctResult:
-        return self.store.account(event, now)
 
     def reap(self, now: datetime) -> ReapResult:
         return self.store.reap(now)

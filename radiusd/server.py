@@ -143,13 +143,6 @@ class Handler:
         self.status_text: Callable[[], str] = lambda: "Prepaid AAA is up"
         self.last_wait = 0.0  # how long the last batch taken up had waited for a thread
 
-    def handle(self, kind: str, nas: Nas, data: bytes, cache_key: str, arrival: float) -> Outcome:
-        """One datagram as a batch of its own; raises what would drop it."""
-        (result,) = self.handle_batch([Job(kind, nas, data, cache_key, arrival)])
-        if isinstance(result, BaseException):
-            raise result
-        return result
-
     def handle_batch(self, jobs: list[Job]) -> list[JobResult]:
         results: list[JobResult | None] = [None] * len(jobs)
         now = self.clock()

@@ -9,7 +9,7 @@ from twisted.internet.task import Clock
 
 from billing.calls import Nas
 from radiusd.metrics import Metrics
-from radiusd.server import Drop, DropLog, Handler, RadiusServer
+from radiusd.server import Drop, DropLog, Handler, Job, RadiusServer
 
 NAS = Nas(1, "gw", "127.0.0.1/32", b"s", "generic", "no", False)
 
@@ -32,14 +32,21 @@ def handler(now: float) -> Handler:
 
 
 def test_request_older_than_the_queue_limit_is_dropped() -> None:
-    with pytest.raises(Drop) as info:
-        handler(now=103.0).handle("auth", NAS, b"", "key", arrival=100.0)
-    assert info.value.reason == "queue-timeout"
+    (result,) = handler(now=103.0).handle_batch([Job("auth", NAS, b"", "key", arrival=100.0)])
+    assert isinstance(result, Drop) and result.reason == "queue-timeout"
 
 
 def test_fresh_request_is_processed() -> None:
     with pytest.raises(AttributeError):  # it went on to the (absent) codec: not shed
-        handler(now=101.0).handle("auth", NAS, b"", "key", arrival=100.0)
+        handler(now=101.0).handle_batch([Job("auth", NAS, b"", "key", arrival=100.0)])
+
+
+def test_a_batch_tells_the_reactor_how_long_its_oldest_request_waited() -> None:
+    h = handler(now=103.0)
+    jobs = [Job("auth", NAS, b"", key, arrival) for key, arrival in (("a", 100.0), ("b", 100.5))]
+    results = h.handle_batch(jobs)
+    assert [r.reason for r in results if isinstance(r, Drop)] == ["queue-timeout"] * 2
+    assert h.last_wait == 3.0  # what the reactor reads to refuse new calls at the door
 
 
 def server(handler: Handler) -> RadiusServer:
