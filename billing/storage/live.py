@@ -55,18 +55,13 @@ class LiveState(Protocol):
         """
         ...
 
-    def claim_and_throttle(
-        self, key: str, ttl_seconds: float, keys: tuple[str, ...], failure_key: str | None
-    ) -> tuple[tuple[bool, bytes | None], tuple[bool, bool]]:
-        """:meth:`reply_claim` and :meth:`throttle_state` in one round trip."""
-        ...
-
     def claim_many(
         self, claims: list[Claim], ttl_seconds: float
     ) -> list[tuple[tuple[bool, bytes | None], tuple[bool, bool] | None]]:
-        """Claim a batch of requests in one round trip. Each claim is ``(key, lockout_keys,
-        failure_key)``; with ``lockout_keys`` (an authorization) its throttling state comes
-        back too (:meth:`throttle_state`), else None."""
+        """:meth:`reply_claim` for a batch of requests, in one round trip. Each claim is
+        ``(key, lockout_keys, failure_key)``; with ``lockout_keys`` (an authorization) its
+        throttling state comes back in the same round trip (:meth:`throttle_state`), else
+        None."""
         ...
 
     def reply_put_many(self, replies: list[tuple[str, bytes]], ttl_seconds: float) -> None:
@@ -174,11 +169,6 @@ class InProcessLiveState:
             entry = self._failures.get(failure_key)
             return locked, entry is not None and entry[0] > self._clock()
 
-    def claim_and_throttle(
-        self, key: str, ttl_seconds: float, keys: tuple[str, ...], failure_key: str | None
-    ) -> tuple[tuple[bool, bytes | None], tuple[bool, bool]]:
-        return self.reply_claim(key, ttl_seconds), self.throttle_state(keys, failure_key)
-
     # The batch methods, one by one: in this process a call costs no round trip.
     def claim_many(self, claims: list[Claim], ttl_seconds: float) -> list[ClaimResult]:
         return [
@@ -279,16 +269,6 @@ class RedisLiveState:
             if outcome is not None:
                 return outcome
         return False, None  # taken and gone twice in a row: leave it to whoever has it
-
-    def claim_and_throttle(
-        self, key: str, ttl_seconds: float, keys: tuple[str, ...], failure_key: str | None
-    ) -> tuple[tuple[bool, bytes | None], tuple[bool, bool]]:
-        name = self._k("reply", key)
-        claimed, value, *throttle = self._run(
-            self._claim(name, ttl_seconds), ("GET", name), *self._throttle(keys, failure_key)
-        )
-        outcome = self._claimed(claimed, value)
-        return (outcome or self.reply_claim(key, ttl_seconds)), self._throttled(throttle)
 
     def claim_many(self, claims: list[Claim], ttl_seconds: float) -> list[ClaimResult]:
         commands: list[tuple[Any, ...]] = []
@@ -412,11 +392,6 @@ class FallbackLiveState:
 
     def throttle_state(self, keys: tuple[str, ...], failure_key: str | None) -> tuple[bool, bool]:
         return self._call("throttle_state", keys, failure_key)  # type: ignore[return-value]
-
-    def claim_and_throttle(
-        self, key: str, ttl_seconds: float, keys: tuple[str, ...], failure_key: str | None
-    ) -> tuple[tuple[bool, bytes | None], tuple[bool, bool]]:
-        return self._call("claim_and_throttle", key, ttl_seconds, keys, failure_key)  # type: ignore[return-value]
 
     def claim_many(self, claims: list[Claim], ttl_seconds: float) -> list[ClaimResult]:
         return self._call("claim_many", claims, ttl_seconds)  # type: ignore[return-value]

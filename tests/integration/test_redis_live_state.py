@@ -81,20 +81,29 @@ def test_throttle_state_in_one_round_trip(state: RedisLiveState) -> None:
     assert state.throttle_state(("ani:1",), "ani:1") == (False, False)
 
 
-def test_claim_and_throttle_in_one_round_trip(state: RedisLiveState, redis_url: str) -> None:
+def test_a_batch_is_claimed_with_its_throttling_state(
+    state: RedisLiveState, redis_url: str
+) -> None:
     other = RedisLiveState(redis_url, state._prefix)  # another server process
     state.count_failure("ani:2", 300)
     other.lock_out("nas:3", 60)
-    assert state.claim_and_throttle("q", 5, ("ani:2",), "ani:2") == ((True, None), (False, True))
-    assert other.claim_and_throttle("q", 5, ("ani:2", "nas:3"), None) == (
-        (False, None),
-        (True, False),
-    )
-    state.reply_put("q", b"\x02reply", 5)
-    assert other.claim_and_throttle("q", 5, ("nas:9",), "ani:9") == (
-        (False, b"\x02reply"),
-        (False, False),
-    )
+    assert state.claim_many([("q", ("ani:2",), "ani:2"), ("acct", None, None)], 5) == [
+        ((True, None), (False, True)),
+        ((True, None), None),  # no authorization, no throttling state
+    ]
+    state.reply_put_many([("q", b"\x02reply")], 5)
+    assert other.claim_many(
+        [("acct", ("ani:2", "nas:3"), None), ("q", ("nas:9",), "ani:9"), ("new", None, None)], 5
+    ) == [
+        ((False, None), (True, False)),
+        ((False, b"\x02reply"), (False, False)),
+        ((True, None), None),
+    ]
+    state.reply_release_many(["acct", "q", "new"])  # pending claims go, a reply stays
+    assert other.claim_many([("acct", None, None), ("q", None, None)], 5) == [
+        ((True, None), None),
+        ((False, b"\x02reply"), None),
+    ]
 
 
 def test_a_dropped_connection_fails_one_call_and_the_next_reconnects(
@@ -108,4 +117,4 @@ def test_a_dropped_connection_fails_one_call_and_the_next_reconnects(
         state.reply_put("d", b"\x02reply", 5)
     state.reply_put("d", b"\x02reply", 5)  # a fresh connection, nothing left half-read
     assert state.reply_claim("d", 5) == (False, b"\x02reply")
-    assert state.claim_and_throttle("e", 5, ("nas:1",), "ani:1") == ((True, None), (False, False))
+    assert state.claim_many([("e", ("nas:1",), "ani:1")], 5) == [((True, None), (False, False))]

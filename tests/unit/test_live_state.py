@@ -114,13 +114,22 @@ def test_throttle_state_reports_lockouts_and_counted_failures(
     assert state.throttle_state(("ani:44", "nas:1"), "ani:44") == (False, False)
 
 
-def test_claim_and_throttle_is_both_answers(state: InProcessLiveState) -> None:
+def test_claim_many_is_each_claim_with_its_throttling_state(state: InProcessLiveState) -> None:
     state.lock_out("nas:1", 60)
-    assert state.claim_and_throttle("k", 30, ("ani:4", "nas:1"), "ani:4") == (
-        (True, None),
-        (True, False),
-    )
-    assert state.claim_and_throttle("k", 30, ("ani:4",), None) == ((False, None), (False, False))
+    assert state.claim_many([("k", ("ani:4", "nas:1"), "ani:4"), ("a", None, None)], 30) == [
+        ((True, None), (True, False)),
+        ((True, None), None),
+    ]
+    state.reply_put_many([("a", b"\x02reply")], 30)
+    assert state.claim_many([("k", ("ani:4",), None), ("a", None, None)], 30) == [
+        ((False, None), (False, False)),
+        ((False, b"\x02reply"), None),
+    ]
+    state.reply_release_many(["k", "a"])  # the pending claim goes, the reply stays
+    assert state.claim_many([("k", None, None), ("a", None, None)], 30) == [
+        ((True, None), None),
+        ((False, b"\x02reply"), None),
+    ]
 
 
 def test_lockout_can_be_extended(clock: Clock, state: InProcessLiveState) -> None:
