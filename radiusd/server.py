@@ -58,7 +58,7 @@ from radiusd.codec import (
 )
 from radiusd.metrics import Metrics
 from radiusd.nas import NasTable
-from radiusd.profiles import PROFILES
+from radiusd.profiles import PROFILES, Profile
 
 log = structlog.get_logger("radiusd")
 
@@ -76,7 +76,7 @@ class Drop(Exception):
 
 @dataclass
 class Outcome:
-    data: bytes | None
+    data: bytes  # the reply to send
     fields: dict[str, Any]
 
 
@@ -184,7 +184,7 @@ class Handler:
                     answered = [
                         (d.job.cache_key, out.data)
                         for d in decoded
-                        if isinstance(out := results[d.index], Outcome) and out.data is not None
+                        if isinstance(out := results[d.index], Outcome)
                     ]
                     shared.reply_put_many(answered, self.reply_ttl)
         return [r if r is not None else Drop("internal-error") for r in results]
@@ -231,7 +231,7 @@ class Handler:
         each (``results`` is filled in place)."""
         auths: list[tuple[AuthRequest, datetime, tuple[bool, bool] | None]] = []
         accts: list[tuple[AcctEvent, datetime]] = []
-        work: list[tuple[_Decoded, Any, dict[str, Any]]] = []
+        work: list[tuple[_Decoded, Profile, Any, dict[str, Any]]] = []
         for d in decoded:
             kind, request = d.job.kind, d.request
             fields: dict[str, Any] = {}
@@ -246,10 +246,10 @@ class Handler:
                 if d.call is None:
                     # CHAP (a CHAP response cannot be checked against a PIN hash: PAP only), or
                     # a number wider than a call stores.
-                    work.append((d, Rejected(RejectReason.MALFORMED), fields))
+                    work.append((d, profile, Rejected(RejectReason.MALFORMED), fields))
                 else:
                     fields.update(ani=d.call.calling_number, called=d.call.called_number)
-                    work.append((d, len(auths), fields))
+                    work.append((d, profile, len(auths), fields))
                     auths.append((d.call, utc_from_epoch(d.job.arrival), d.throttle))
             elif kind == ACCT and request.code == ACCOUNTING_REQUEST:
                 fields["packet"] = "accounting-request"
@@ -257,16 +257,15 @@ class Handler:
                     request, d.job.nas.id, d.job.arrival, self.rules, profile
                 )
                 if event is None:
-                    work.append((d, AcctResult("ignored"), fields))
+                    work.append((d, profile, AcctResult("ignored"), fields))
                 else:
                     fields.update(status=str(event.status), session=event.acct_session_id)
-                    work.append((d, len(accts), fields))
+                    work.append((d, profile, len(accts), fields))
                     accts.append((event, utc_from_epoch(d.job.arrival)))
             else:
                 results[d.index] = Drop("wrong-port")
         auth_results, acct_results = self.service.process(auths, accts)
-        for d, slot, fields in work:
-            profile = PROFILES.get(d.job.nas.profile, PROFILES["generic"])
+        for d, profile, slot, fields in work:
             if isinstance(slot, int):
                 slot = (auth_results if d.job.kind == AUTH else acct_results)[slot]
             if isinstance(slot, BaseException):
@@ -429,8 +428,7 @@ class RadiusServer:
                 self._failed_one(job, addr, result, None)
                 continue
             latency = time.perf_counter() - started
-            if result.data is not None:
-                transport.write(result.data, addr)
+            transport.write(result.data, addr)
             decision = result.fields.get("decision", "")
             if decision == "replayed":
                 self.metrics.retransmissions.inc()
