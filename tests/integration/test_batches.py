@@ -18,7 +18,7 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import DBAPIError
-from store_support import EPOCH, add_card, nas_id, pin_of, pin_request, store_fixture
+from store_support import EPOCH, add_card, nas_id, pin_request, store_fixture
 
 from billing.calls import Accepted, AcctEvent, AcctStatus, Rejected
 from billing.domain import RejectReason
@@ -143,14 +143,24 @@ def test_a_request_the_database_refuses_costs_only_itself(store: Store) -> None:
     """A number too wide for its column (the wire layer refuses it earlier): PostgreSQL
     refuses the batch's transaction, and each request is tried again on its own."""
     good, other = next(serials), next(serials)
-    add_card(store, good, Decimal("5.00"))
-    add_card(store, other, Decimal("5.00"))
+    good_id = add_card(store, good, Decimal("5.00"))
+    other_id = add_card(store, other, Decimal("5.00"))
     nas = nas_id(store)
     wide = replace(pin_request(nas, other, "wide"), called_number="44" + "1" * 40)
     auths, _ = store.process([(pin_request(nas, good, "good"), EPOCH), (wide, EPOCH)], [])
     assert isinstance(auths[0], Accepted)
     assert isinstance(auths[1], DBAPIError)
-    assert pin_of(other)  # the card itself is untouched: it can still call
+    with store.db.engine.connect() as conn:
+        grants = dict(
+            conn.execute(
+                text(
+                    "SELECT card_id, count(*) FROM live_sessions "
+                    "WHERE card_id IN (:good, :other) GROUP BY card_id"
+                ),
+                {"good": good_id, "other": other_id},
+            ).all()
+        )
+    assert grants == {good_id: 1}  # the good grant committed on its own, the wide one nowhere
     assert isinstance(store.authorize(pin_request(nas, other, "ok"), EPOCH), Accepted)
 
 
