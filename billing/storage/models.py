@@ -114,6 +114,8 @@ class Card(Base):
     __table_args__ = (
         Index("ix_cards_batch_id_state", "batch_id", "state"),
         Index("ix_cards_state_expires_at", "state", "expires_at"),
+        # Room on each page for a changed card's new version (revision 0006).
+        {"postgresql_with": {"fillfactor": 85}},
     )
 
     id: Mapped[int] = mapped_column(IdFk, primary_key=True)

@@ -55,3 +55,23 @@ def test_open_call_indexes_hold_open_calls_only_on_postgresql(postgres_url: str)
         assert "'closed'" not in indexes[name], name
     purge = indexes["ix_live_sessions_closed_at"]
     assert "(closed_at)" in purge and "'closed'" in purge and "'released'" in purge
+
+
+def cards_reloptions(url: str) -> list[str]:
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            query = "SELECT reloptions FROM pg_class WHERE relname = 'cards'"
+            return list(conn.execute(text(query)).scalar() or [])
+    finally:
+        engine.dispose()
+
+
+def test_cards_leave_room_for_updates_on_postgresql(postgres_url: str) -> None:
+    # Revision 0006: a changed card's new version fits on its page (a heap-only update).
+    schema.upgrade(postgres_url)
+    assert cards_reloptions(postgres_url) == ["fillfactor=85"]
+    command.downgrade(schema.alembic_config(postgres_url), "0005")
+    assert cards_reloptions(postgres_url) == []
+    schema.upgrade(postgres_url)
+    assert cards_reloptions(postgres_url) == ["fillfactor=85"]
