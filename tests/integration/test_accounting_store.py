@@ -44,19 +44,20 @@ class Call:
         self.token: str | None = None
         if not authorized:  # a grant lost, or made by another server
             return
-        granted = store.authorize(
-            AuthRequest(
-                nas_id=self.nas_id,
-                user_name=pin_of(self.serial),
-                password=None,
-                calling_number="1555",
-                called_number="441234",
-                acct_session_id=self.session_id,
-            ),
-            EPOCH,
-        )
+        granted = store.authorize(self.request(), EPOCH)
         assert isinstance(granted, Accepted), granted
         self.token = granted.token
+
+    def request(self) -> AuthRequest:
+        """The Access-Request of this call's card."""
+        return AuthRequest(
+            nas_id=self.nas_id,
+            user_name=pin_of(self.serial),
+            password=None,
+            calling_number="1555",
+            called_number="441234",
+            acct_session_id=self.session_id,
+        )
 
     def send(
         self, status: AcctStatus, at: int, seconds: int | None = None, echo_class: bool = True
@@ -269,3 +270,35 @@ def test_finished_calls_are_purged_once_past_the_retention(store: Store) -> None
         )
     assert left == 0
     assert [c.cost for c in call.cdrs()] == [CALL_COST]
+
+
+def test_grants_never_started_are_released_in_chunks_and_free_their_cards(store: Store) -> None:
+    calls = [Call(store) for _ in range(5)]  # Max Calls 1: each card is in use
+    now = EPOCH + timedelta(seconds=121)  # past the start timeout (120 s)
+    result = store.reap(now, chunk=2)  # three transactions for these five, at least
+    assert result.released >= 5
+    for call in calls:
+        live = call.live()
+        assert (live.state, live.closed_at) == ("released", now)
+        assert call.card().balance == Decimal("5.00")  # a released grant costs nothing
+    assert isinstance(store.authorize(calls[0].request(), now), Accepted)  # the card is free
+    assert store.reap(now, chunk=2).released == 0  # nothing left to release
+
+
+@pytest.mark.parametrize("store", ["postgres"], indirect=True)  # SQLite has one writer at a time
+def test_the_reaper_skips_a_grant_a_request_holds_instead_of_waiting(store: Store) -> None:
+    held, free = Call(store), Call(store)
+    now = EPOCH + timedelta(seconds=121)
+    with store.db.engine.connect() as other:
+        other.execute(  # what a late Start does to its grant, under way in another process
+            select(LiveSession.id).where(LiveSession.card_id == held.card_id).with_for_update()
+        ).all()
+        outcome: list[Any] = []
+        reaper = threading.Thread(target=lambda: outcome.append(store.reap(now)))
+        reaper.start()
+        reaper.join(timeout=10)
+        assert not reaper.is_alive(), "the reaper waited for a lock a request held"
+        assert (held.live().state, free.live().state) == ("authorized", "released")
+        other.rollback()
+    assert store.reap(now).released >= 1
+    assert held.live().state == "released"
