@@ -810,8 +810,10 @@ def card_transfer(
 ) -> None:
     """Move the whole balance of a lost card to another card of the same currency.
 
-    The old card is retired and locked (reason "transferred"). Refused while the old card has
-    live calls, across currencies, and to a card that is locked, expired or retired.
+    The old card is retired and locked (reason "transferred"); its bound numbers move to the
+    new card. Refused while the old card has live calls, across currencies, to a card that is
+    locked, expired or retired, and when the new card would have more bound numbers than a
+    card may have.
 
     Example: `prepaidctl card transfer 1000000001 1000000002`
     """
@@ -822,6 +824,7 @@ def card_transfer(
         f"moved {format_amount(result.amount, places)} {result.currency} from card "
         f"{result.from_serial} (now retired and locked) to card {result.to_serial}; its balance "
         f"is {format_amount(result.to_balance, places)} {result.currency}"
+        + (f"; bound numbers moved with it: {', '.join(result.numbers)}" if result.numbers else "")
     )
 
 

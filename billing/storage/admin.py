@@ -252,6 +252,7 @@ class TransferResult:
     currency: str
     to_balance: Decimal
     to_state: str
+    numbers: tuple[str, ...] = ()  # the bound numbers (ANIs) that moved with the balance
 
 
 @dataclass(frozen=True, slots=True)
@@ -1586,6 +1587,10 @@ class Admin:
         that is not usable: locked, expired (by state or by date), retired. An ``exhausted``
         target becomes ``active``. Both cards are locked in id order, so two transfers never
         deadlock.
+
+        The old card's bound numbers (ANIs) move to the new card with the balance: the
+        customer's phones keep calling without a PIN, now on the new card. Refused when that
+        would give the new card more than ``max_bind_numbers``; unbind some first.
         """
         a, b = parse_serial(from_serial), parse_serial(to_serial)
         if a == b:
@@ -1642,6 +1647,25 @@ class Admin:
                 state = new.state if new.state != CardState.ACTIVE.value else "expired"
                 raise AdminError(f"card {b} is {state} and cannot receive a transfer")
 
+            binds = list(
+                s.scalars(
+                    select(BindNumber).where(BindNumber.card_id == old.id).order_by(BindNumber.ani)
+                )
+            )
+            if binds:
+                have = int(
+                    s.scalar(select(func.count(BindNumber.id)).where(BindNumber.card_id == new.id))
+                    or 0
+                )
+                if have + len(binds) > self.max_bind_numbers:
+                    raise AdminError(
+                        f"card {a} has {len(binds)} bound number(s) and card {b} {have}: "
+                        f"together more than the {self.max_bind_numbers} a card may have; "
+                        "unbind some first (prepaidctl bind remove)"
+                    )
+                for bind in binds:
+                    bind.card_id = new.id
+
             old.balance = round_money(ZERO, self.places)
             old.locked = True
             old.lock_reason = TRANSFERRED
@@ -1670,7 +1694,15 @@ class Admin:
                 ]
             )
             s.flush()
-            return TransferResult(str(a), str(b), amount, new.currency, new.balance, new.state)
+            return TransferResult(
+                str(a),
+                str(b),
+                amount,
+                new.currency,
+                new.balance,
+                new.state,
+                tuple(bind.ani for bind in binds),
+            )
 
     def history(self, serial: str | int) -> CardHistory:
         """A card's ledger, oldest first; call entries say which call they paid for."""

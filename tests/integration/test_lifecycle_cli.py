@@ -4,6 +4,7 @@ and the CLI's manners (help with examples everywhere, one-line errors)."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from datetime import date, datetime, timedelta
 from decimal import Decimal
@@ -250,6 +251,17 @@ def test_recharge_in_grace_reactivates_and_after_grace_is_refused(ctl: Ctl, tmp_
 
 
 # ---------------------------------------------------------------------------------- transfer
+def fresh_ani() -> str:
+    """A UK number no other test has bound, as the server normalizes it."""
+    return "44207946" + str(uuid.uuid4().int % 10000).zfill(4)
+
+
+def bound(ctl: Ctl, serial: str) -> list[str]:
+    """The numbers bound to a card, sorted."""
+    rows: Any = ctl.json("bind", "list", serial)
+    return sorted(row["ani"] for row in rows)
+
+
 def test_transfer_moves_the_balance_with_two_ledger_entries(ctl: Ctl, tmp_path: Path) -> None:
     nas = make_nas(ctl)
     group = make_group(ctl, tmp_path)
@@ -258,9 +270,16 @@ def test_transfer_moves_the_balance_with_two_ledger_entries(ctl: Ctl, tmp_path: 
     ctl.call(nas, now_utc() - timedelta(minutes=10), 125, pin=rows[0]["pin"])
     assert card(ctl, lost)["balance"] == "4.8030"
 
+    phone = fresh_ani()
+    ctl("bind", "add", lost, phone)  # the customer's phone calls without a PIN
     ctl("card", "lock", lost, "--reason", "reported lost")
     out = ctl("card", "transfer", lost, spare).stdout
     assert "moved 4.8030 USD" in out and "9.8030" in out
+    assert f"bound numbers moved with it: {phone}" in out
+    assert (bound(ctl, spare), bound(ctl, lost)) == ([phone], [])
+    by_phone = ctl.authorize(nas, now_utc(), calling=phone)  # the same phone, the new card
+    assert by_phone.serial == spare
+    ctl.stop(nas, by_phone.token, now_utc(), 0)  # a free call: the balance stays 9.8030
     old, new = card(ctl, lost), card(ctl, spare)
     assert (old["balance"], old["state"], old["lock_reason"]) == ("0.0000", "locked", "transferred")
     assert old["stored_state"] == "retired"
@@ -425,3 +444,18 @@ def test_expire_run_in_small_chunks_matches(make_ctl: Callable[[], Ctl], tmp_pat
     assert result.forfeited_amounts == (("USD", Decimal("115.0000")),)
     again = run_expiry(ctl.db, datetime.fromisoformat(at(1)), chunk_size=4)
     assert (again.expired, again.forfeited, again.forfeited_amounts) == (0, 0, ())
+
+
+def test_transfer_refused_when_the_new_card_would_have_too_many_bound_numbers(
+    ctl: Ctl, tmp_path: Path
+) -> None:
+    _, rows = make_batch(ctl, tmp_path, count=2)
+    lost, spare = (r["serial"] for r in rows)
+    for serial in (lost, spare):
+        for _ in range(3):  # 3 + 3 > the 5 a card may have
+            ctl("bind", "add", serial, fresh_ani())
+
+    before = bound(ctl, lost), bound(ctl, spare)
+    assert "unbind some first" in ctl.error("card", "transfer", lost, spare)
+    assert (bound(ctl, lost), bound(ctl, spare)) == before
+    assert (card(ctl, lost)["balance"], card(ctl, spare)["balance"]) == ("5.0000", "5.0000")
