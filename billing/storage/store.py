@@ -568,18 +568,21 @@ class Store:
         locked here too, in the same id order.
         """
         statements = BATCH[not self.db.is_sqlite]
-        names: dict[str, set[Any]] = {"pin_hashes": set(), "serials": set(), "anis": set()}
+        # What each request would look its card up by, found by asking :meth:`_identify` with
+        # no card known: every lookup it makes then is one it may make with the cards read.
+        wanted: dict[str, set[Any]] = {"pin_hash": set(), "serial": set(), "ani": set()}
+
+        def want(kind: str, value: Any) -> None:
+            wanted[kind].add(value)
+
         for req, _ in auths:
-            user, password = req.user_name.strip(), req.password or ""
-            if req.calling_number:
-                names["anis"].add(req.calling_number)
-            if password in ("", user):
-                if looks_like_pin(user):
-                    names["pin_hashes"].add(self._hash_pin(user))
-            elif user.isdigit() and len(user) <= 18:
-                names["serials"].add(int(user))
-        params: dict[str, Any] = {key: sorted(values) for key, values in names.items()}
-        params["tokens"] = sorted({ev.token for ev, _ in accts if ev.token and ev.leg != "other"})
+            self._identify(conn, req, want)
+        params: dict[str, Any] = {
+            "pin_hashes": sorted(wanted["pin_hash"]),
+            "serials": sorted(wanted["serial"]),
+            "anis": sorted(wanted["ani"]),
+            "tokens": sorted({ev.token for ev, _ in accts if ev.token and ev.leg != "other"}),
+        }
         cards: dict[int, _Card] = {}
         found: dict[str, dict[Any, _Card]] = {"pin_hash": {}, "serial": {}, "ani": {}}
         for row in conn.execute(statements.cards, params):
