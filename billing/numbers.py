@@ -25,8 +25,12 @@ _SEPARATORS = str.maketrans("", "", " -.()")
 _URI_SCHEMES = ("sip:", "sips:", "tel:")
 
 
-def _is_ascii_digits(text: str) -> bool:
-    """True when ``text`` is non-empty and made of 0-9 only (no other Unicode digits)."""
+def is_ascii_digits(text: str) -> bool:
+    """True when ``text`` is non-empty and made of 0-9 only.
+
+    ``str.isdigit`` alone also accepts other Unicode digits (for example Arabic-Indic digits
+    or superscripts), and those never go on a keypad nor in a number a NAS sends.
+    """
     return text.isascii() and text.isdigit()
 
 
@@ -51,7 +55,7 @@ def _check_digit_prefixes(name: str, values: tuple[str, ...]) -> None:
     if not isinstance(values, tuple):
         raise ValueError(f"{name} must be a list of digit strings, got {values!r}")
     for value in values:
-        if not isinstance(value, str) or not _is_ascii_digits(value):
+        if not isinstance(value, str) or not is_ascii_digits(value):
             raise ValueError(f"{name} entries must be non-empty digit strings, got {value!r}")
 
 
@@ -90,7 +94,7 @@ class NumberRules:
     def __post_init__(self) -> None:
         _check_digit_prefixes("international_prefixes", self.international_prefixes)
         if not isinstance(self.national_prefix, str) or (
-            self.national_prefix and not _is_ascii_digits(self.national_prefix)
+            self.national_prefix and not is_ascii_digits(self.national_prefix)
         ):
             raise ValueError(
                 f"national_prefix must be empty or digits only, got {self.national_prefix!r}"
@@ -98,7 +102,7 @@ class NumberRules:
         if not isinstance(self.country_code, str) or (
             self.country_code
             and not (
-                _is_ascii_digits(self.country_code)
+                is_ascii_digits(self.country_code)
                 and len(self.country_code) <= 3
                 and not self.country_code.startswith("0")
             )
@@ -228,7 +232,7 @@ def normalize_number(raw: str, rules: NumberRules) -> str:
         number, international = number[1:], True
     else:
         number, international = _strip_longest(number, rules.international_prefixes)
-    if not _is_ascii_digits(number):
+    if not is_ascii_digits(number):
         return ""
     if international:
         return "" if number.startswith("0") else number

@@ -23,6 +23,8 @@ from collections.abc import Callable, Container, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 
+from billing.numbers import is_ascii_digits
+
 MIN_PIN_LENGTH = 10
 """Shortest PIN accepted, check digit included."""
 
@@ -52,15 +54,6 @@ class PinSpaceError(ValueError):
     """A batch would put too many cards in one PIN space (see check_density)."""
 
 
-def _is_ascii_digits(text: str) -> bool:
-    """True when ``text`` is non-empty and made of 0-9 only.
-
-    ``str.isdigit`` alone also accepts other Unicode digits (for example
-    Arabic-Indic digits or superscripts), and those never go on a keypad.
-    """
-    return text.isascii() and text.isdigit()
-
-
 def _check_digit_unchecked(payload: str) -> str:
     """Luhn check digit for an ASCII-digit payload. Performs no validation."""
     raw = payload.encode("ascii")
@@ -75,7 +68,7 @@ def luhn_check_digit(digits: str) -> str:
 
     Raises ValueError unless ``digits`` is a non-empty string of 0-9.
     """
-    if not _is_ascii_digits(digits):
+    if not is_ascii_digits(digits):
         raise ValueError("Luhn payload must be a non-empty string of digits 0-9")
     return _check_digit_unchecked(digits)
 
@@ -86,7 +79,7 @@ def luhn_valid(number: str) -> bool:
     Decision: a valid number has at least two digits (some payload plus the
     check digit) and only 0-9. Anything else returns False; it never raises.
     """
-    if not isinstance(number, str) or len(number) < 2 or not _is_ascii_digits(number):
+    if not isinstance(number, str) or len(number) < 2 or not is_ascii_digits(number):
         return False
     raw = number.encode("ascii")
     total = sum(raw[-1::-2].translate(_PLAIN)) + sum(raw[-2::-2].translate(_DOUBLED))
@@ -114,7 +107,7 @@ class PinFormat:
                 f"PIN length must be a whole number from {MIN_PIN_LENGTH} to "
                 f"{MAX_PIN_LENGTH}, got {self.length!r}"
             )
-        if not isinstance(self.prefix, str) or (self.prefix and not _is_ascii_digits(self.prefix)):
+        if not isinstance(self.prefix, str) or (self.prefix and not is_ascii_digits(self.prefix)):
             raise ValueError(f"PIN prefix must contain only digits 0-9, got {self.prefix!r}")
         if self.random_digits < MIN_RANDOM_DIGITS:
             raise ValueError(

@@ -25,6 +25,7 @@ import io
 from decimal import Decimal
 
 from billing.money import DEFAULT_PLACES, MoneyError, parse_amount
+from billing.numbers import is_ascii_digits
 from billing.rating import Rate
 
 COLUMNS = (
@@ -66,7 +67,7 @@ def _integer(row: dict[str, str], column: str, minimum: int, required: bool) -> 
         if required:
             raise ValueError(f"{column} is empty")
         return 0
-    if not (raw.isascii() and raw.isdigit()):
+    if not is_ascii_digits(raw):
         raise ValueError(f"{column} must be a whole number of seconds, got {raw!r}")
     value = int(raw)
     if value < minimum:
@@ -78,7 +79,7 @@ def _rate(row: dict[str, str], places: int) -> Rate:
     prefix = row["prefix"].strip()
     if not prefix:
         raise ValueError("prefix is empty")
-    if not (prefix.isascii() and prefix.isdigit()):
+    if not is_ascii_digits(prefix):
         raise ValueError(
             f"prefix must be digits only in international form (no '+' or '00'), got {prefix!r}"
         )

@@ -77,7 +77,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from billing.domain import ActivationMode, CardState, CardType
 from billing.money import DEFAULT_PLACES, ZERO, MoneyError, parse_amount, round_money
-from billing.numbers import NumberRules, normalize_number
+from billing.numbers import NumberRules, is_ascii_digits, normalize_number
 from billing.pins import PinFormat, PinSpaceError, check_density, generate_pins, make_pin_hasher
 from billing.rating import Rate
 from billing.settings import Settings
@@ -365,7 +365,7 @@ class DemoSeed:
 def parse_serial(text: str | int) -> int:
     """A card serial as typed by the operator (digits only)."""
     raw = str(text).strip()
-    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
+    if not is_ascii_digits(raw) or len(raw) > 18:
         raise AdminError(f"not a card serial: {raw!r} (serials are numbers)")
     return int(raw)
 

@@ -1,8 +1,11 @@
-"""Longest-prefix rate lookup, shared by the server's authorization and ``prepaidctl rates lookup``.
+"""Longest-prefix rate lookup.
 
-One query: every prefix of the (already normalized) number is a candidate, the unique index on
-``(rate_group_id, prefix)`` finds them, and the longest one wins. Prefixes are at most 32 digits
-(the column width), so the candidate list is short whatever the caller sends.
+The server's authorizations look rates up in memory (:class:`RateCache`, one copy of each rate
+group, checked against its version). ``prepaidctl rates lookup`` and the accounting of a call
+never authorized here ask the database: one query, every prefix of the (already normalized)
+number a candidate, the unique index on ``(rate_group_id, prefix)`` finds them, and the
+longest one wins. Prefixes are at most 32 digits (the column width), so the candidate list is
+short whatever the caller sends.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, func, select
 from sqlalchemy.orm import Session
 
+from billing.numbers import is_ascii_digits
 from billing.rating import Rate
 from billing.storage.database import hot
 from billing.storage.models import RateRow
@@ -32,7 +36,7 @@ def find_rate(session: Session, rate_group_id: int, number: str) -> RateRow | No
     ``number`` must already be normalized (digits only, international form); an empty or
     non-digit number matches nothing.
     """
-    if not number or not (number.isascii() and number.isdigit()):
+    if not is_ascii_digits(number):
         return None
     params = {"rate_group": rate_group_id, **prefix_params(number)}
     return session.scalars(select(RateRow).from_statement(RATE_BY_PREFIX), params).first()
@@ -50,14 +54,14 @@ def prefix_params(number: str) -> dict[str, str]:
     number's own prefixes repeat its shortest one; a number that is not digits fills them with
     ``"-"``, which no stored prefix is.
     """
-    if not number or not (number.isascii() and number.isdigit()):
+    if not is_ascii_digits(number):
         return dict.fromkeys(_SLOTS, "-")
     candidates = candidate_prefixes(number)
     candidates += [candidates[-1]] * (MAX_PREFIX_LENGTH - len(candidates))
     return dict(zip(_SLOTS, candidates, strict=True))
 
 
-#: The server's form of the lookup, built once so its compiled SQL is cached. Parameters:
+#: The lookup in the database, built once so its compiled SQL is cached. Parameters:
 #: ``rate_group`` and :func:`prefix_params`.
 RATE_BY_PREFIX = (
     select(_rates)
@@ -72,7 +76,7 @@ RATE_BY_PREFIX = (
 
 def rate_for(conn: Connection | Session, rate_group_id: int, number: str) -> Rate | None:
     """The same longest-prefix lookup on a Core connection, as a pure :class:`Rate`."""
-    if not number or not (number.isascii() and number.isdigit()):
+    if not is_ascii_digits(number):
         return None
     params = {"rate_group": rate_group_id, **prefix_params(number)}
     row = conn.execute(RATE_BY_PREFIX, params).first()
@@ -110,7 +114,7 @@ class RateCache:
 
     def rate(self, conn: Connection, rate_group_id: int, version: int, number: str) -> Rate | None:
         """The rate of the longest prefix of ``number`` in the group, as of ``version``."""
-        if not number or not (number.isascii() and number.isdigit()):
+        if not is_ascii_digits(number):
             return None
         rates = self._rates(conn, rate_group_id, version)
         for prefix in candidate_prefixes(number):
