@@ -1653,10 +1653,7 @@ class Admin:
                 )
             )
             if binds:
-                have = int(
-                    s.scalar(select(func.count(BindNumber.id)).where(BindNumber.card_id == new.id))
-                    or 0
-                )
+                have = _bound_count(s, new.id)
                 if have + len(binds) > self.max_bind_numbers:
                     raise AdminError(
                         f"card {a} has {len(binds)} bound number(s) and card {b} {have}: "
@@ -1839,10 +1836,7 @@ class Admin:
             )
             if owner is not None:
                 raise AdminError(f"{number} is already bound to card {owner}")
-            bound = int(
-                s.scalar(select(func.count(BindNumber.id)).where(BindNumber.card_id == card.id))
-                or 0
-            )
+            bound = _bound_count(s, card.id)
             if bound >= self.max_bind_numbers:
                 raise AdminError(
                     f"card {card.serial} already has {bound} bound numbers "
@@ -2087,3 +2081,9 @@ class LedgerKind:
     TRANSFER = "transfer"
     EXPIRY = "expiry"
     ADJUSTMENT = "adjustment"
+
+
+def _bound_count(s: Session, card_id: int) -> int:
+    """How many numbers are bound to the card."""
+    count = s.scalar(select(func.count(BindNumber.id)).where(BindNumber.card_id == card_id))
+    return int(count or 0)
