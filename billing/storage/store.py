@@ -13,6 +13,7 @@ from the NAS's session identifiers) and a finished call's live-session row stays
 from __future__ import annotations
 
 import hashlib
+import itertools
 import secrets
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from sqlalchemy import (
     func,
     insert,
     literal_column,
+    null,
     select,
     true,
     union,
@@ -109,12 +111,17 @@ INSERT_GRANT = hot(insert(_live).values(state="authorized", session_key=None, se
 SECURITY_EVENT = hot(insert(cast(Table, SecurityEvent.__table__)))
 
 
+#: How a batch names its cards: the parameter of each list, in the order the lookups are tried.
+CARD_LOOKUPS = ("pin_hashes", "serials", "anis", "tokens")
+
+
 @dataclass(frozen=True, slots=True)
 class _BatchStatements:
     """A batch's reads, each one statement whatever the number of requests (see
-    :meth:`Store._authorize_many`)."""
+    :meth:`Store._authorize_many`). ``cards`` maps the lookups a batch makes (a subset of
+    :data:`CARD_LOOKUPS`) to its statement."""
 
-    cards: Any
+    cards: dict[frozenset[str], Any]
     open_calls: Any
     calls: Any
 
@@ -143,25 +150,54 @@ def _batch_statements(postgresql_arrays: bool) -> _BatchStatements:
         return select(found).select_from(wanted.join(found, true()))
 
     by_token = select(_live.c.card_id)
-    named = union(
-        select(_cards.c.id).where(among(_cards.c.pin_hash, "pin_hashes", String)),
-        select(_cards.c.id).where(among(_cards.c.serial, "serials", BigInteger)),
-        select(_binds.c.card_id).where(among(_binds.c.ani, "anis", String)),
-        each("tokens", String, lambda token: by_token.where(_live.c.token == token))
+    arms = {
+        "pin_hashes": select(_cards.c.id).where(among(_cards.c.pin_hash, "pin_hashes", String)),
+        "serials": select(_cards.c.id).where(among(_cards.c.serial, "serials", BigInteger)),
+        "anis": select(_binds.c.card_id).where(among(_binds.c.ani, "anis", String)),
+        "tokens": each("tokens", String, lambda token: by_token.where(_live.c.token == token))
         if postgresql_arrays
         else by_token.where(among(_live.c.token, "tokens", String)),
-    ).subquery("named")
-    cards = (
-        select(*_CARD_COLUMNS, _binds.c.ani.label("bound_ani"), _groups.c.rates_version)
-        .select_from(
-            _cards.join(_groups, _groups.c.id == _cards.c.rate_group_id).outerjoin(
-                _binds,
-                and_(_binds.c.card_id == _cards.c.id, among(_binds.c.ani, "anis", String)),
+    }
+    #: A lookup by the card's own column, when it is the batch's only one: no subquery.
+    direct = {
+        "pin_hashes": among(_cards.c.pin_hash, "pin_hashes", String),
+        "serials": among(_cards.c.serial, "serials", BigInteger),
+    }
+
+    def cards_named(lookups: frozenset[str]) -> Any:
+        """The cards named by ``lookups`` only: a batch of PIN authorizations asks for PIN
+        hashes alone, one index scan. One statement with all four lookups (a union, whose
+        generic plan hashes, sorts and merge-joins the empty ones too) cost PostgreSQL 123 µs
+        of CPU per transaction for one PIN (with its ``BEGIN`` and ``ROLLBACK``), against 87
+        µs for the index scan alone; six PINs 123 against 77, a PIN and a call's token 137
+        against 97 (prepared, generic plans, 3,000 runs each on 40,000 cards)."""
+        order = [name for name in CARD_LOOKUPS if name in lookups]
+        if len(order) == 1 and order[0] in direct:
+            where = direct[order[0]]
+        else:
+            named = union(*(arms[name] for name in order)) if len(order) > 1 else arms[order[0]]
+            where = _cards.c.id.in_(select(named.subquery("named").c[0]))
+        source = _cards.join(_groups, _groups.c.id == _cards.c.rate_group_id)
+        if "anis" in lookups:
+            source = source.outerjoin(
+                _binds, and_(_binds.c.card_id == _cards.c.id, among(_binds.c.ani, "anis", String))
             )
+            bound_ani = _binds.c.ani.label("bound_ani")
+        else:
+            bound_ani = null().label("bound_ani")
+        found = (
+            select(*_CARD_COLUMNS, bound_ani, _groups.c.rates_version)
+            .select_from(source)
+            .where(where)
+            .order_by(_cards.c.id)
         )
-        .where(_cards.c.id.in_(select(named.c.id)))
-        .order_by(_cards.c.id)
-    )
+        return hot(found.with_for_update(of=_cards)) if postgresql_arrays else found
+
+    cards = {
+        frozenset(lookups): cards_named(frozenset(lookups))
+        for size in range(1, len(CARD_LOOKUPS) + 1)
+        for lookups in itertools.combinations(CARD_LOOKUPS, size)
+    }
     counted = (
         func.count(_live.c.id).label("open_count"),
         func.coalesce(func.sum(_live.c.reserved_amount), 0).label("reserved"),
@@ -202,7 +238,7 @@ def _batch_statements(postgresql_arrays: bool) -> _BatchStatements:
             String,
             lambda token: call.where(_live.c.token == token).with_for_update(of=_live),
         )
-        return _BatchStatements(hot(cards.with_for_update(of=_cards)), hot(open_calls), hot(calls))
+        return _BatchStatements(cards, hot(open_calls), hot(calls))
     return _BatchStatements(cards, open_calls, calls)
 
 
@@ -577,15 +613,17 @@ class Store:
 
         for req, _ in auths:
             self._identify(conn, req, want)
-        params: dict[str, Any] = {
+        lookups = {
             "pin_hashes": sorted(wanted["pin_hash"]),
             "serials": sorted(wanted["serial"]),
             "anis": sorted(wanted["ani"]),
             "tokens": sorted({ev.token for ev, _ in accts if ev.token and ev.leg != "other"}),
         }
+        params = {name: values for name, values in lookups.items() if values}
         cards: dict[int, _Card] = {}
         found: dict[str, dict[Any, _Card]] = {"pin_hash": {}, "serial": {}, "ani": {}}
-        for row in conn.execute(statements.cards, params):
+        rows = conn.execute(statements.cards[frozenset(params)], params) if params else ()
+        for row in rows:
             card = cards.get(row.id) or cards.setdefault(row.id, _Card(row))
             found["pin_hash"][row.pin_hash] = card
             found["serial"][row.serial] = card

@@ -18,12 +18,12 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import DBAPIError
-from store_support import EPOCH, add_card, nas_id, pin_request, store_fixture
+from store_support import EPOCH, add_card, nas_id, pin_of, pin_request, store_fixture
 
 from billing.calls import Accepted, AcctEvent, AcctStatus, Rejected
 from billing.domain import RejectReason
-from billing.storage.models import Card, Cdr, LedgerEntry
-from billing.storage.store import SessionPolicy, Store
+from billing.storage.models import BindNumber, Card, Cdr, LedgerEntry
+from billing.storage.store import BATCH, CARD_LOOKUPS, SessionPolicy, Store
 
 store = store_fixture(SessionPolicy())
 serials = itertools.count(8_000_000_001)
@@ -188,3 +188,33 @@ def test_a_change_to_the_rates_reaches_the_next_authorization(store: Store) -> N
     with store.db.engine.begin() as conn:
         conn.execute(text("DELETE FROM rates WHERE prefix = '4412'"))
         conn.execute(text("UPDATE rates SET price_per_minute = 0.07 WHERE prefix = '44'"))
+
+
+def test_each_set_of_lookups_finds_exactly_the_cards_it_names(store: Store) -> None:
+    """A batch reads its cards with the statement for the lookups it makes (PIN hashes, card
+    numbers, bound ANIs, calls' tokens): every combination finds the cards named, and only
+    those, with the bound ANI they were named by."""
+    by_pin, by_serial, by_ani, by_token = (next(serials) for _ in range(4))
+    ids = {
+        "pin_hashes": add_card(store, by_pin, Decimal("5.00")),
+        "serials": add_card(store, by_serial, Decimal("5.00")),
+        "anis": add_card(store, by_ani, Decimal("5.00")),
+        "tokens": add_card(store, by_token, Decimal("5.00")),
+    }
+    ani = f"1777{by_ani}"
+    with store.db.transaction() as s:
+        s.add(BindNumber(card_id=ids["anis"], ani=ani, created_at=EPOCH))
+    values = {
+        "pin_hashes": [store._hash_pin(pin_of(by_pin)), "0" * 64],  # one hash matches nothing
+        "serials": [by_serial, 1],
+        "anis": [ani, "1999"],
+        "tokens": [granted(store, by_token, "lookups").token, "no-such-token"],
+    }
+    statements = BATCH[not store.db.is_sqlite].cards
+    assert len(statements) == 2 ** len(CARD_LOOKUPS) - 1
+    for lookups, statement in statements.items():
+        params = {name: values[name] for name in lookups}
+        rows = store.db.run(lambda conn, s=statement, p=params: conn.execute(s, p).all())
+        assert sorted((r.id, r.bound_ani) for r in rows) == sorted(
+            (ids[name], ani if name == "anis" else None) for name in lookups
+        ), sorted(lookups)
