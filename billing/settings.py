@@ -56,7 +56,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "max_queue_seconds": 2.0,  # a request waiting longer for a worker is dropped (overload)
         "max_pending": 1000,  # requests waiting for a worker, at most; more are dropped
         "batch_size": 64,  # requests handled together (one transaction), at most
-        "concurrent_batches": 2,  # batches on the worker threads at once
+        "concurrent_batches": 0,  # batches on worker threads at once; 0: on the reactor thread
     },
     "billing": {
         "max_session_seconds": 10800,

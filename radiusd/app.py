@@ -91,9 +91,10 @@ def freeze_start_up_objects() -> int:
 
 def start(settings: Settings, reactor: Any) -> Running:
     """Open the database, load the NAS table, listen, and schedule housekeeping."""
-    for key in ("batch_size", "concurrent_batches"):
-        if int(settings["radius"][key]) < 1:
-            raise ConfigError(f"[radius] {key} must be at least 1")
+    if int(settings["radius"]["batch_size"]) < 1:
+        raise ConfigError("[radius] batch_size must be at least 1")
+    if int(settings["radius"]["concurrent_batches"]) < 0:
+        raise ConfigError("[radius] concurrent_batches must be 0 (the reactor thread) or more")
     if int(settings["server"]["workers"]) > 1 and not settings.redis_url:
         raise ConfigError("workers > 1 needs [redis] url: processes must share live state")
     db = Database.from_url(

@@ -119,6 +119,25 @@ def test_server_exits_with_a_clear_error_when_its_port_is_taken(deployment: Depl
     assert proc.stderr.startswith("error: cannot listen")
 
 
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("BATCH_SIZE", "0", "error: [radius] batch_size must be at least 1"),
+        (
+            "CONCURRENT_BATCHES",
+            "-1",
+            "error: [radius] concurrent_batches must be 0 (the reactor thread) or more",
+        ),
+    ],
+)
+def test_server_refuses_batch_settings_it_cannot_run(
+    deployment: Deployment, key: str, value: str, message: str
+) -> None:
+    proc = deployment.run_server(**{f"PREPAID_RADIUS_{key}": value})
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == message
+
+
 def metric(body: str, name: str) -> float:
     return sum(float(line.split()[1]) for line in body.splitlines() if line.startswith(name + " "))
 
