@@ -11,16 +11,20 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import operator
 import os
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar, cast
 
 from sqlalchemy import Connection, Engine, create_engine, event, inspect
+from sqlalchemy import types as sqltypes
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, MultipleResultsFound, NoResultFound
 from sqlalchemy.orm import Session, sessionmaker
@@ -256,6 +260,50 @@ class _Plan:
     processors: list[Any] | None = (
         None  # their result processors, once the driver's types are known
     )
+    packed: _Plan | None = None  # the same statement with its parameters in one (see _pack)
+
+
+#: What a packed parameter's values may be, and how each goes into the JSON array; a value of
+#: any other type (or a datetime with a time zone) is sent the usual way.
+_JSON_VALUE: dict[type, Callable[[Any], Any] | None] = {
+    str: None,
+    int: None,
+    bool: None,
+    float: None,
+    type(None): None,
+    Decimal: str,
+    date: date.isoformat,
+}
+#: Minimum parameters for a statement to be packed: below it, the saving is noise.
+PACK_MIN = 4
+_UNPACKABLE = object()
+
+
+def _pg_cast(type_: Any, dialect: Any) -> str | None:
+    """The PostgreSQL type a packed parameter is cast to: the column's base type, without
+    length or precision (a ``varchar(64)`` column still refuses a longer value, a
+    ``numeric(18, 6)`` one still rounds, as with a parameter of the column's type); None when
+    the parameter cannot be packed."""
+    while isinstance(type_, sqltypes.TypeDecorator):
+        type_ = type_.load_dialect_impl(dialect)
+    for kind, cast_to in (
+        (sqltypes.Boolean, "boolean"),
+        (sqltypes.BigInteger, "bigint"),
+        (sqltypes.SmallInteger, "smallint"),
+        (sqltypes.Integer, "integer"),
+        (sqltypes.Float, "double precision"),
+        (sqltypes.Numeric, "numeric"),
+        (sqltypes.DateTime, None),
+        (sqltypes.Date, "date"),
+        (sqltypes.String, "text"),
+    ):
+        if isinstance(type_, kind):
+            if kind is sqltypes.DateTime:
+                return "timestamptz" if type_.timezone else "timestamp"
+            if isinstance(type_, sqltypes.Enum) and type_.native_enum:
+                return None  # a PostgreSQL enum type of its own
+            return cast_to
+    return None
 
 
 _UNPLANNED: Any = object()
@@ -390,19 +438,29 @@ class HotConnection:
         plan = self._plans.get(key, _UNPLANNED)
         if plan is _UNPLANNED:
             plan = self._plans[key] = self._compile(statement, list(params))
-        if plan is not None and plan.prepare is not None:
-            fairy = conn.connection
-            prepared: set[str] = fairy.info.setdefault("prepaid_prepared", set())
-            if plan.prepare not in prepared:
-                self._run(plan.prepare)
-                prepared.add(plan.prepare)
+        if plan is not None and plan.packed is None:
+            self._prepared(plan)  # (one that may be packed is prepared in _mogrify)
         return plan
+
+    def _prepared(self, plan: _Plan) -> None:
+        """``PREPARE`` the plan's statement on this connection, once."""
+        if plan.prepare is None:
+            return
+        prepared: set[str] = self._conn.connection.info.setdefault("prepaid_prepared", set())
+        if plan.prepare not in prepared:
+            self._run(plan.prepare)
+            prepared.add(plan.prepare)
 
     def _mogrify(self, plan: _Plan, params: dict[str, Any]) -> bytes:
         """The statement with its values, as PostgreSQL will receive it."""
         values = [params[n] if n in params else plan.defaults[n] for n in plan.names]
         if plan.binds is not None:
             values = [b(v) if b else v for b, v in zip(plan.binds, values, strict=True)]
+        if plan.packed is not None:
+            packed = _pack(values)
+            if packed is not None:
+                plan, values = plan.packed, [packed]
+            self._prepared(plan)
         args: Any = (
             values if plan.prepare is not None else dict(zip(plan.names, values, strict=True))
         )
@@ -467,13 +525,65 @@ class HotConnection:
         if not self._prepare:
             return _Plan(sql, None, names, defaults, row, types, _binds(compiled, names))
         order = list(dict.fromkeys(names))
-        body = re.sub(r"%\((\w+)\)s", lambda m: f"${order.index(m.group(1)) + 1}", sql)
-        name = "paaa_" + hashlib.sha1(body.encode()).hexdigest()[:16]  # noqa: S324 - a name
-        prepare = f"PREPARE {name} AS {body.replace('%%', '%')}"
-        execute = (
-            f"EXECUTE {name} ({', '.join(['%s'] * len(order))})" if order else f"EXECUTE {name}"
+        binds = _binds(compiled, order)
+        plan = _prepared_plan(
+            re.sub(r"%\((\w+)\)s", lambda m: f"${order.index(m.group(1)) + 1}", sql),
+            order,
+            defaults,
+            row,
+            types,
+            binds,
         )
-        return _Plan(execute, prepare, order, defaults, row, types, _binds(compiled, order))
+        casts = [_pg_cast(compiled.binds[n].type, dialect) for n in order]
+        if len(order) >= PACK_MIN and None not in casts:
+            unpacked = {n: f"(($1->>{i})::{casts[i]})" for i, n in enumerate(order)}
+            plan.packed = _prepared_plan(
+                re.sub(r"%\((\w+)\)s", lambda m: unpacked[m.group(1)], sql),
+                ["packed"],
+                {},
+                row,
+                types,
+                None,
+                declare="jsonb",
+            )
+        return plan
+
+
+def _prepared_plan(
+    body: str,
+    names: list[str],
+    defaults: dict[str, Any],
+    row: type[_Row] | None,
+    types: list[Any],
+    binds: list[Any] | None,
+    declare: str | None = None,
+) -> _Plan:
+    """The plan of a statement ``PREPARE``d as ``body`` (with ``$n`` parameters); ``declare``:
+    the type of its one parameter, when it is given."""
+    name = "paaa_" + hashlib.sha1(body.encode()).hexdigest()[:16]  # noqa: S324 - a name
+    prepare = f"PREPARE {name}{f'({declare})' if declare else ''} AS {body.replace('%%', '%')}"
+    execute = f"EXECUTE {name} ({', '.join(['%s'] * len(names))})" if names else f"EXECUTE {name}"
+    return _Plan(execute, prepare, names, defaults, row, types, binds)
+
+
+def _pack(values: list[Any]) -> str | None:
+    """The values as one JSON array, or None when one of them does not go into JSON as is.
+
+    psycopg2 adapts each parameter on its own (about 2 µs each): the 19 of a grant took 36 µs
+    of the server's CPU, one JSON text 9.5 µs, and PostgreSQL spends no more on reading them
+    back (52 against 54 µs per insert of a grant). Numbers and times go as text, exactly."""
+    out = []
+    for value in values:
+        convert = _JSON_VALUE.get(type(value), _UNPACKABLE)
+        if convert is None:
+            out.append(value)
+        elif convert is _UNPACKABLE:
+            if type(value) is not datetime or value.tzinfo is not None:
+                return None
+            out.append(value.isoformat())
+        else:
+            out.append(convert(value))  # type: ignore[operator]
+    return json.dumps(out)
 
 
 def _binds(compiled: Any, names: list[str]) -> list[Any] | None:

@@ -6,18 +6,18 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import psycopg2.extensions
 import pytest
-from sqlalchemy import Connection, create_engine, text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Connection, create_engine, select, text
+from sqlalchemy.exc import DataError, IntegrityError
 from store_support import EPOCH, add_card, nas_id, pin_of, pin_request, store_fixture
 
 from billing.calls import Accepted, AcctEvent, AcctStatus
-from billing.storage.database import Database, HotConnection
+from billing.storage.database import Database, HotConnection, _pack
 from billing.storage.rates import _RATES_OF_GROUP
 from billing.storage.store import (
     _UPDATE_BY_ID,
@@ -108,6 +108,99 @@ def test_rows_are_the_same_values_and_types_as_sqlalchemy(store: Store, prepare:
 def rate_group(store: Store) -> int:
     with store.db.engine.connect() as conn:
         return int(conn.execute(text("SELECT id FROM rate_groups")).scalar_one())
+
+
+def grant_of(store: Store, card_id: int, token: str, **changes: Any) -> dict[str, Any]:
+    """The parameters of ``INSERT_GRANT`` for a grant on ``card_id``."""
+    return {
+        "token": token,
+        "card_id": card_id,
+        "nas_id": nas_id(store),
+        "auth_method": "pin",
+        "acct_session_id": None,
+        "conf_id": None,
+        "calling_number": "",
+        "called_number": "44",
+        "rate_prefix": "44",
+        "price_per_minute": Decimal("0.07"),
+        "connection_fee": Decimal("0.05"),
+        "first_increment": 30,
+        "next_increment": 6,
+        "grace_seconds": 0,
+        "granted_seconds": 30,
+        "reserved_amount": Decimal("0.085"),
+        "authorized_at": EPOCH,
+        "last_update_at": EPOCH,
+        "deadline_at": EPOCH,
+        **changes,
+    }
+
+
+def test_wide_statements_go_as_one_json_parameter_and_read_back_the_same(store: Store) -> None:
+    """A statement with many parameters (a grant has 19) is sent as one JSON array, cast back
+    to the columns' types by PostgreSQL: the values read back are those of SQLAlchemy's own
+    path, to the microsecond and the last decimal (rounded to the column's scale alike)."""
+    card_id = add_card(store, next(serials), Decimal("5.00"))
+    values = {
+        "acct_session_id": "sess-é'\\\"; DROP",  # quoting is JSON's and PostgreSQL's job
+        "conf_id": None,
+        "reserved_amount": Decimal("0.12345678"),  # numeric(18, 6): rounded by the column
+        "authorized_at": EPOCH + timedelta(microseconds=123457),
+        "granted_seconds": 10_800,
+    }
+    tokens = {"hot": f"hot-{card_id}", "slow": f"slow-{card_id}"}
+    with store.db.engine.begin() as conn:
+        hot = HotConnection(conn, {}, prepare=True)
+        grant = grant_of(store, card_id, tokens["hot"], **values)
+        plan = hot._plan(INSERT_GRANT, grant)
+        assert plan is not None and plan.packed is not None
+        sent = hot._mogrify(plan, grant)
+        assert sent.startswith(b"EXECUTE paaa_") and sent.endswith(b"]')")  # one JSON literal
+        assert b" ('[" in sent
+        hot.execute(INSERT_GRANT, grant)
+        conn.execute(INSERT_GRANT, grant_of(store, card_id, tokens["slow"], **values))
+        rows = {
+            token: conn.execute(select(_live).where(_live.c.token == token)).one()._mapping
+            for token in tokens.values()
+        }
+    fast, slow = (dict(rows[tokens[k]]) for k in ("hot", "slow"))
+    for row in (fast, slow):
+        row.pop("id"), row.pop("token")
+    assert fast == slow
+    assert fast["reserved_amount"] == Decimal("0.123457")
+    assert fast["authorized_at"] == EPOCH + timedelta(microseconds=123457)
+    assert fast["acct_session_id"] == values["acct_session_id"]
+
+
+def test_a_packed_value_too_long_for_its_column_is_refused_not_cut(store: Store) -> None:
+    card_id = add_card(store, next(serials), Decimal("5.00"))
+    grant = grant_of(store, card_id, "t" * 65)  # token is varchar(64)
+
+    def insert(conn: Connection) -> None:
+        conn.execute(INSERT_GRANT, grant)
+
+    with pytest.raises(DataError):
+        store.db.run(insert)
+
+
+def test_a_value_json_cannot_carry_as_is_goes_the_usual_way(store: Store) -> None:
+    """A time with a zone (or any type outside the JSON set) is sent as separate parameters,
+    on a statement prepared for them, with the same result."""
+    card_id = add_card(store, next(serials), Decimal("5.00"))
+    aware = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
+    assert _pack(["a", 1, aware]) is None and _pack([b"bytes"]) is None
+    token = f"aware-{card_id}"
+
+    def insert(conn: Connection) -> None:
+        conn.execute(INSERT_GRANT, grant_of(store, card_id, token, deadline_at=aware))
+
+    store.db.run(insert)
+    with store.db.engine.connect() as conn:
+        conn.execute(text("SET TIME ZONE 'UTC'"))
+        deadline = conn.execute(
+            text("SELECT deadline_at FROM live_sessions WHERE token = :t"), {"t": token}
+        ).scalar_one()
+    assert deadline == aware.replace(tzinfo=None)  # noon UTC, whatever the zone it came in
 
 
 def test_a_unique_violation_is_sqlalchemys_integrity_error(store: Store) -> None:
