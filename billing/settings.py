@@ -28,7 +28,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "pin_key_file": "",  # default: <state_dir>/pin.key, created on first use
         "log_format": "json",  # json (journald) or console
         "log_level": "info",
-        "threads": 8,  # worker threads for blocking database and Redis work
+        "threads": 8,  # worker threads: housekeeping, and batches if concurrent_batches > 0
         "nas_refresh_seconds": 10.0,  # how soon `prepaidctl nas add` reaches a running server
         "workers": 1,  # server processes sharing the ports (SO_REUSEPORT); > 1 needs Redis
         "reuse_port": False,  # set for worker processes; share the ports with other processes

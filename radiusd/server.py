@@ -1,12 +1,12 @@
 """The RADIUS server: datagrams in, billing calls, replies out.
 
-The reactor thread does only cheap work: find the NAS by source address, check the packet's
-structure, answer a retransmission from the reply cache, and queue the rest for the worker
-threads, which take them up in batches (what queued while they were busy; see
-:class:`RadiusServer`). Decoding, verification and all database or Redis work run on the
-worker pool; the replies are sent back from the reactor. A datagram is never answered twice
-concurrently: a copy that arrives while its original is being processed is dropped (the NAS
-will retransmit and get the cached reply).
+On reading a datagram the reactor does only cheap work: find the NAS by source address, check
+the packet's structure, answer a retransmission from the reply cache, and queue the rest. The
+queue is taken up in batches (what arrived while the last batch ran; see :class:`RadiusServer`),
+on the reactor thread itself by default, or on worker threads: decoding, verification and all
+database and Redis work happen there, and the replies are sent from the reactor. A datagram is
+never answered twice concurrently: a copy that arrives while its original is being processed is
+dropped (the NAS will retransmit and get the cached reply).
 
 The outcome vocabulary is the one FreeRADIUS modules use: accept, reject, or drop. A drop sends
 nothing — for unknown sources, malformed or unverifiable packets, and when the database fails,
@@ -109,7 +109,8 @@ class _Decoded:
 
 
 class Handler:
-    """Processes batches of datagrams on a worker thread; returns a reply (or why none) each.
+    """Processes batches of datagrams (on the reactor thread, or a worker thread); returns a
+    reply, or why none, for each.
 
     A batch is whatever arrived while the previous ones were being processed (see
     :class:`RadiusServer`): one datagram at low load, dozens at high load. Its requests share
@@ -369,8 +370,8 @@ class RadiusServer:
         self.metrics = metrics
         self._in_flight: set[str] = set()  # queued or in a batch
         self._queue: deque[tuple[Job, Any, tuple[str, int], int, float]] = deque()
-        self._batches = 0  # batches on the worker threads now
-        self.max_pending = 1000  # requests queued for the worker threads, at most
+        self._batches = 0  # batches running now
+        self.max_pending = 1000  # requests queued for a batch, at most
         self.batch_size = 64
         self.concurrent_batches = 0  # 0: on the reactor thread
         self._drop_log = DropLog(reactor.seconds)

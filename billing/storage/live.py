@@ -83,7 +83,7 @@ ClaimResult = tuple[tuple[bool, bytes | None], tuple[bool, bool] | None]
 
 
 class InProcessLiveState:
-    """Dictionaries with expiry times, guarded by one lock (handlers run on worker threads)."""
+    """Dictionaries with expiry times, guarded by one lock (batches may run on worker threads)."""
 
     def __init__(self, clock: Callable[[], float], max_replies: int = 100_000) -> None:
         self._clock = clock
