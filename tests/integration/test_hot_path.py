@@ -207,27 +207,7 @@ def test_a_unique_violation_is_sqlalchemys_integrity_error(store: Store) -> None
     serial = next(serials)
     card_id = add_card(store, serial, Decimal("5.00"))
     token = authorize(store, serial).token
-    grant = {
-        "token": token,  # taken already
-        "card_id": card_id,
-        "nas_id": nas_id(store),
-        "auth_method": "pin",
-        "acct_session_id": None,
-        "conf_id": None,
-        "calling_number": "",
-        "called_number": "44",
-        "rate_prefix": "44",
-        "price_per_minute": Decimal("0.07"),
-        "connection_fee": Decimal("0.05"),
-        "first_increment": 30,
-        "next_increment": 6,
-        "grace_seconds": 0,
-        "granted_seconds": 30,
-        "reserved_amount": Decimal("0.085"),
-        "authorized_at": EPOCH,
-        "last_update_at": EPOCH,
-        "deadline_at": EPOCH,
-    }
+    grant = grant_of(store, card_id, token)  # the token is taken already
 
     def insert_again(conn: Connection) -> None:
         conn.execute(INSERT_GRANT, grant)
