@@ -279,6 +279,19 @@ PACK_MIN = 4
 _UNPACKABLE = object()
 
 
+#: The base type a packed parameter of each SQLAlchemy type is cast to; subclasses first.
+_PG_CASTS: tuple[tuple[type, str], ...] = (
+    (sqltypes.Boolean, "boolean"),
+    (sqltypes.BigInteger, "bigint"),
+    (sqltypes.SmallInteger, "smallint"),
+    (sqltypes.Integer, "integer"),
+    (sqltypes.Float, "double precision"),
+    (sqltypes.Numeric, "numeric"),
+    (sqltypes.Date, "date"),
+    (sqltypes.String, "text"),
+)
+
+
 def _pg_cast(type_: Any, dialect: Any) -> str | None:
     """The PostgreSQL type a packed parameter is cast to: the column's base type, without
     length or precision (a ``varchar(64)`` column still refuses a longer value, a
@@ -286,22 +299,12 @@ def _pg_cast(type_: Any, dialect: Any) -> str | None:
     the parameter cannot be packed."""
     while isinstance(type_, sqltypes.TypeDecorator):
         type_ = type_.load_dialect_impl(dialect)
-    for kind, cast_to in (
-        (sqltypes.Boolean, "boolean"),
-        (sqltypes.BigInteger, "bigint"),
-        (sqltypes.SmallInteger, "smallint"),
-        (sqltypes.Integer, "integer"),
-        (sqltypes.Float, "double precision"),
-        (sqltypes.Numeric, "numeric"),
-        (sqltypes.DateTime, None),
-        (sqltypes.Date, "date"),
-        (sqltypes.String, "text"),
-    ):
+    if isinstance(type_, sqltypes.DateTime):
+        return "timestamptz" if type_.timezone else "timestamp"
+    if isinstance(type_, sqltypes.Enum) and type_.native_enum:
+        return None  # a PostgreSQL enum type of its own
+    for kind, cast_to in _PG_CASTS:
         if isinstance(type_, kind):
-            if kind is sqltypes.DateTime:
-                return "timestamptz" if type_.timezone else "timestamp"
-            if isinstance(type_, sqltypes.Enum) and type_.native_enum:
-                return None  # a PostgreSQL enum type of its own
             return cast_to
     return None
 

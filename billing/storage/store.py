@@ -175,8 +175,11 @@ def _batch_statements(postgresql_arrays: bool) -> _BatchStatements:
         if len(order) == 1 and order[0] in direct:
             where = direct[order[0]]
         else:
-            named = union(*(arms[name] for name in order)) if len(order) > 1 else arms[order[0]]
-            where = _cards.c.id.in_(select(named.subquery("named").c[0]))
+            if len(order) > 1:
+                named = union(*(arms[name] for name in order)).subquery("named")
+            else:
+                named = arms[order[0]].subquery("named")
+            where = _cards.c.id.in_(select(*named.c))
         source = _cards.join(_groups, _groups.c.id == _cards.c.rate_group_id)
         if "anis" in lookups:
             source = source.outerjoin(
