@@ -264,12 +264,12 @@ class _Plan:
 
 
 #: What a packed parameter's values may be, and how each goes into the JSON array; a value of
-#: any other type (or a datetime with a time zone) is sent the usual way.
+#: any other type (a float, which may be NaN, or a datetime with a time zone) is sent the usual
+#: way.
 _JSON_VALUE: dict[type, Callable[[Any], Any] | None] = {
     str: None,
     int: None,
     bool: None,
-    float: None,
     type(None): None,
     Decimal: str,
     date: date.isoformat,

@@ -189,6 +189,7 @@ def test_a_value_json_cannot_carry_as_is_goes_the_usual_way(store: Store) -> Non
     card_id = add_card(store, next(serials), Decimal("5.00"))
     aware = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
     assert _pack(["a", 1, aware]) is None and _pack([b"bytes"]) is None
+    assert _pack([float("nan")]) is None  # not JSON
     token = f"aware-{card_id}"
 
     def insert(conn: Connection) -> None:
