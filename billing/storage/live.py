@@ -14,6 +14,7 @@ state can cost a replayed reply or a forgotten failure count, never money.
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -345,11 +346,20 @@ class RedisLiveState:
         return self._run(("PING",)) == [b"PONG"]
 
 
+#: After Redis fails, how long a process uses its own state before it tries Redis again.
+REDIS_RETRY_SECONDS = 1.0
+
+
 class FallbackLiveState:
     """Redis first; while Redis is unreachable, this process's own state, so service goes on.
 
     ``on_error`` is told of each failure (for logs and metrics). What falls back is only
     throttling state and replay: money is in the database either way.
+
+    After a failure the process leaves Redis alone for ``retry_seconds``, then tries again. A
+    Redis that refuses connections fails at once, but one that does not answer at all (a host
+    gone, a partition) costs its socket timeout (0.5 s) per call: a batch makes two calls, and
+    with batches on the reactor thread every request of the process would wait for both.
     """
 
     def __init__(
@@ -357,17 +367,24 @@ class FallbackLiveState:
         primary: LiveState,
         fallback: LiveState,
         on_error: Callable[[Exception], None],
+        clock: Callable[[], float] = time.monotonic,
+        retry_seconds: float = REDIS_RETRY_SECONDS,
     ) -> None:
         self._primary = primary
         self._fallback = fallback
         self._on_error = on_error
+        self._clock = clock
+        self._retry_seconds = retry_seconds
+        self._retry_at = float("-inf")  # Redis is left alone until then
 
     def _call(self, name: str, *args: object) -> object:
-        try:
-            return getattr(self._primary, name)(*args)
-        except redis.RedisError as exc:
-            self._on_error(exc)
-            return getattr(self._fallback, name)(*args)
+        if self._clock() >= self._retry_at:
+            try:
+                return getattr(self._primary, name)(*args)
+            except redis.RedisError as exc:
+                self._retry_at = self._clock() + self._retry_seconds
+                self._on_error(exc)
+        return getattr(self._fallback, name)(*args)
 
     def reply_get(self, key: str) -> bytes | None:
         return self._call("reply_get", key)  # type: ignore[return-value]

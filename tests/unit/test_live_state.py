@@ -185,7 +185,7 @@ def test_fallback_uses_in_process_state_when_redis_fails(
 ) -> None:
     errors: list[Exception] = []
     primary = DownRedis()
-    live = FallbackLiveState(primary, state, errors.append)
+    live = FallbackLiveState(primary, state, errors.append, clock.seconds, retry_seconds=1.0)
 
     live.reply_put("k", b"reply", 30)
     assert live.reply_get("k") == b"reply"
@@ -199,9 +199,33 @@ def test_fallback_uses_in_process_state_when_redis_fails(
     clock.advance(60)
     assert live.is_locked_out("ani:44") is False
 
-    assert len(errors) == len(primary.calls) == 9
-    assert all(isinstance(e, redis.RedisError) for e in errors)
-    assert primary.calls[:2] == ["reply_put", "reply_get"]
+    # Redis was tried at the first call, and again once the retry time had passed.
+    assert primary.calls == ["reply_put", "is_locked_out"]
+    assert len(errors) == 2 and all(isinstance(e, redis.RedisError) for e in errors)
+
+
+def test_after_a_failure_redis_is_left_alone_for_the_retry_time(clock: Clock) -> None:
+    """A Redis that does not answer costs a timeout per call: after one failure the process
+    uses its own state for ``retry_seconds``, then tries Redis again, and uses it once it
+    answers."""
+    state = InProcessLiveState(clock.seconds)
+    errors: list[Exception] = []
+    down = DownRedis()
+    live = FallbackLiveState(down, state, errors.append, clock.seconds, retry_seconds=1.0)
+    live.reply_put("a", b"1", 30)
+    clock.advance(0.5)
+    live.reply_put("b", b"2", 30)  # within the retry time: Redis left alone
+    assert down.calls == ["reply_put"] and len(errors) == 1
+    clock.advance(0.5)
+    live.reply_put("c", b"3", 30)  # tried again, and failed again
+    assert down.calls == ["reply_put", "reply_put"] and len(errors) == 2
+    up = UpStub()
+    live._primary = up  # Redis is back
+    live.reply_put("d", b"4", 30)  # still within the retry time: the process's own state
+    assert up.replies == {} and state.reply_get("d") == b"4"
+    clock.advance(1.0)
+    live.reply_put("e", b"5", 30)
+    assert up.replies == {"e": b"5"} and state.reply_get("e") is None
 
 
 def test_fallback_prefers_the_primary_while_it_works(state: InProcessLiveState) -> None:
