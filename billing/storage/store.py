@@ -150,18 +150,18 @@ def _batch_statements(postgresql_arrays: bool) -> _BatchStatements:
         return select(found).select_from(wanted.join(found, true()))
 
     by_token = select(_live.c.card_id)
+    #: The lookups by the card's own columns: alone in a batch, a condition on the cards.
+    direct = {
+        "pin_hashes": among(_cards.c.pin_hash, "pin_hashes", String),
+        "serials": among(_cards.c.serial, "serials", BigInteger),
+    }
+    #: Each lookup as a subquery of card ids, for a batch that makes several.
     arms = {
-        "pin_hashes": select(_cards.c.id).where(among(_cards.c.pin_hash, "pin_hashes", String)),
-        "serials": select(_cards.c.id).where(among(_cards.c.serial, "serials", BigInteger)),
+        **{name: select(_cards.c.id).where(condition) for name, condition in direct.items()},
         "anis": select(_binds.c.card_id).where(among(_binds.c.ani, "anis", String)),
         "tokens": each("tokens", String, lambda token: by_token.where(_live.c.token == token))
         if postgresql_arrays
         else by_token.where(among(_live.c.token, "tokens", String)),
-    }
-    #: A lookup by the card's own column, when it is the batch's only one: no subquery.
-    direct = {
-        "pin_hashes": among(_cards.c.pin_hash, "pin_hashes", String),
-        "serials": among(_cards.c.serial, "serials", BigInteger),
     }
 
     def cards_named(lookups: frozenset[str]) -> Any:
