@@ -150,6 +150,10 @@ class BindNumber(Base):
 
 
 _OPEN = text("state IN ('authorized', 'started')")
+#: The NAS's and the reaper's open-call indexes also require their own column to be set, so the
+#: open-calls lookup by card, which implies neither, can use only the card's (revision 0007).
+_OPEN_WITH_NAS = text("state IN ('authorized', 'started') AND nas_id IS NOT NULL")
+_OPEN_WITH_DEADLINE = text("state IN ('authorized', 'started') AND deadline_at IS NOT NULL")
 _FINISHED = text("state IN ('closed', 'released')")
 
 
@@ -165,10 +169,15 @@ class LiveSession(Base):
     __tablename__ = "live_sessions"
     __table_args__ = (
         # On PostgreSQL the open-call indexes hold open calls only, the purge's finished ones
-        # only (revision 0004); SQLite has them whole.
+        # only (revisions 0004 and 0007); SQLite has them whole.
         Index("ix_live_sessions_card_id_state", "card_id", "state", postgresql_where=_OPEN),
-        Index("ix_live_sessions_nas_id_state", "nas_id", "state", postgresql_where=_OPEN),
-        Index("ix_live_sessions_state_deadline_at", "state", "deadline_at", postgresql_where=_OPEN),
+        Index("ix_live_sessions_nas_id_state", "nas_id", "state", postgresql_where=_OPEN_WITH_NAS),
+        Index(
+            "ix_live_sessions_state_deadline_at",
+            "state",
+            "deadline_at",
+            postgresql_where=_OPEN_WITH_DEADLINE,
+        ),
         Index("ix_live_sessions_closed_at", "closed_at", postgresql_where=_FINISHED),
     )
 

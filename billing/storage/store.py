@@ -201,28 +201,37 @@ def _batch_statements(postgresql_arrays: bool) -> _BatchStatements:
         for size in range(1, len(CARD_LOOKUPS) + 1)
         for lookups in itertools.combinations(CARD_LOOKUPS, size)
     }
-    counted = (
-        func.count(_live.c.id).label("open_count"),
-        func.coalesce(func.sum(_live.c.reserved_amount), 0).label("reserved"),
-    )
-    is_open = (
-        _live.c.state.in_([literal_column(f"'{state}'") for state in OPEN_STATES]),
-        _live.c.deadline_at > bindparam("now"),
-    )
+    is_open = _live.c.state.in_([literal_column(f"'{state}'") for state in OPEN_STATES])
+    in_time = _live.c.deadline_at > bindparam("now")
     if postgresql_arrays:
+        # The deadline is tested in the aggregate, not in WHERE: the NAS's and the reaper's
+        # open-call indexes require a column set that only a condition on it in WHERE implies
+        # (revision 0007), so the generic plan can only read the card's own index. With the
+        # deadline in WHERE, statistics taken while few calls were open made their whole scans
+        # look as cheap, and with 20,000 calls open each card then cost about 3 ms, not 10 µs.
         open_calls = each(
             "card_ids",
             BigInteger,
             lambda card_id: (
-                select(_live.c.card_id, *counted)
-                .where(_live.c.card_id == card_id, *is_open)
+                select(
+                    _live.c.card_id,
+                    func.count(_live.c.id).filter(in_time).label("open_count"),
+                    func.coalesce(func.sum(_live.c.reserved_amount).filter(in_time), 0).label(
+                        "reserved"
+                    ),
+                )
+                .where(_live.c.card_id == card_id, is_open)
                 .group_by(_live.c.card_id)
             ),
         )
     else:
         open_calls = (
-            select(_live.c.card_id, *counted)
-            .where(among(_live.c.card_id, "card_ids", BigInteger), *is_open)
+            select(
+                _live.c.card_id,
+                func.count(_live.c.id).label("open_count"),
+                func.coalesce(func.sum(_live.c.reserved_amount), 0).label("reserved"),
+            )
+            .where(among(_live.c.card_id, "card_ids", BigInteger), is_open, in_time)
             .group_by(_live.c.card_id)
         )
     call = select(

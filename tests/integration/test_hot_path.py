@@ -428,3 +428,57 @@ def test_prepared_statements_are_planned_once_per_connection(
     finally:
         db.dispose()
     assert mode == ("force_generic_plan" if prepared else "auto")
+
+
+def _buffers(node: dict[str, Any]) -> int:
+    """Pages an EXPLAIN (ANALYZE, BUFFERS) plan node and its children touched."""
+    own = node.get("Shared Hit Blocks", 0) + node.get("Shared Read Blocks", 0)
+    return max(own, sum(_buffers(child) for child in node.get("Plans", ())))
+
+
+def _calls_sql(card: int, nas: int, state: str, count: int) -> str:
+    """An INSERT of ``count`` calls of ``card`` in ``state``, their tokens ``plan-...``."""
+    closed_at = "now()" if state == "closed" else "NULL"
+    return (
+        "INSERT INTO live_sessions (token, card_id, nas_id, state, auth_method, calling_number,"
+        " called_number, rate_prefix, price_per_minute, connection_fee, first_increment,"
+        " next_increment, grace_seconds, granted_seconds, reserved_amount, session_seconds,"
+        " authorized_at, last_update_at, deadline_at, closed_at)"
+        f" SELECT 'plan-{state}-' || g, {card}, {nas}, '{state}', 'pin', '1', '44', '44', 0.07,"
+        f" 0, 30, 6, 0, 600, 0.7, 0, now(), now(), now() + interval '1 hour', {closed_at}"
+        f" FROM generate_series(1, {count}) AS g"
+    )
+
+
+def test_a_cards_open_calls_are_read_from_its_own_index_whatever_the_statistics(
+    store: Store,
+) -> None:
+    """The open-calls lookup's generic plan is made once per connection, with the statistics
+    of that moment. Made while twenty thousand calls were finished and none open (a quiet
+    hour), it must still read only the card's own open calls once twenty thousand calls of
+    another card are open (not yet analyzed): the NAS's and the reaper's open-call indexes,
+    scanned whole, would read every one of them."""
+    nas = nas_id(store)
+    card = add_card(store, next(serials), Decimal("5.00"))
+    busy = add_card(store, next(serials), Decimal("5.00"))
+    with store.db.engine.connect() as conn:
+        conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+        conn.exec_driver_sql(_calls_sql(busy, nas, "closed", 20_000))
+        conn.exec_driver_sql("ANALYZE live_sessions")
+    statement = BATCH[True].open_calls
+    params = {"card_ids": [card], "now": EPOCH}
+
+    def explain(conn: Any) -> tuple[list[Any], dict[str, Any]]:
+        rows = conn.execute(statement, params).all()  # planned now, with those statistics
+        conn.exec_driver_sql(_calls_sql(busy, nas, "started", 20_000))
+        sql = conn._mogrify(conn._plan(statement, params), params).decode()
+        assert sql.startswith("EXECUTE ")  # the prepared statement, as the server runs it
+        cursor = conn.connection.dbapi_connection.cursor()
+        cursor.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + sql)
+        (plan,) = cursor.fetchone()[0]
+        conn.exec_driver_sql("DELETE FROM live_sessions WHERE token LIKE 'plan-%%'")
+        return rows, plan
+
+    rows, plan = store.db.run(explain)
+    assert rows == []
+    assert _buffers(plan["Plan"]) < 50, plan
