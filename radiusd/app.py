@@ -158,6 +158,7 @@ def start(settings: Settings, reactor: Any) -> Running:
     server.max_pending = int(radius["max_pending"])
     server.batch_size = int(radius["batch_size"])
     server.concurrent_batches = int(radius["concurrent_batches"])
+    handler.defer_replies = server.concurrent_batches == 0
     handler.clock = reactor.seconds
     handler.max_queue_seconds = float(radius["max_queue_seconds"])
     reuse = bool(settings["server"]["reuse_port"])

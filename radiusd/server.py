@@ -146,6 +146,11 @@ class Handler:
         self.max_queue_seconds = 2.0
         self.status_text: Callable[[], str] = lambda: "Prepaid AAA is up"
         self.last_wait = 0.0  # how long the last batch taken up had waited for a thread
+        #: The shared cache's copies of the replies go with the next batch's claims, or when
+        #: the reactor finds nothing more to do (:meth:`RadiusServer._flush`), instead of in a
+        #: round trip of their own before the replies are sent. Batches on the reactor thread
+        #: only: a worker thread's next command may be a long time coming.
+        self.defer_replies = False
 
     def handle_batch(self, jobs: list[Job]) -> list[JobResult]:
         results: list[JobResult | None] = [None] * len(jobs)
@@ -191,7 +196,10 @@ class Handler:
                         for d in decoded
                         if isinstance(out := results[d.index], Outcome)
                     ]
-                    shared.reply_put_many(answered, self.reply_ttl)
+                    if self.defer_replies:
+                        shared.reply_put_later(answered, self.reply_ttl)
+                    else:
+                        shared.reply_put_many(answered, self.reply_ttl)
         return [r if r is not None else Drop("internal-error") for r in results]
 
     def _claim(
@@ -377,6 +385,7 @@ class RadiusServer:
         self.concurrent_batches = 0  # 0: on the reactor thread
         self._drop_log = DropLog(reactor.seconds)
         self._run_call: Any = None  # the reactor-thread batch scheduled, if any
+        self._flush_call: Any = None  # the flush of the shared replies scheduled, if any
         #: How long the last reactor-thread batch held the reactor, when that was long enough to
         #: matter (``BLOCKED_SECONDS``), until the reactor's pass that reads what waited ends;
         #: and how many such batches there have been.
@@ -485,6 +494,15 @@ class RadiusServer:
                 # pass of delayed calls, after the pass of reads that takes up what waited.
                 self.reactor.callLater(0, self._unblock, self._stalls)
             self._batch_done(None, batch)
+            if self.handler.shared_replies is not None and self._flush_call is None:
+                self._flush_call = self.reactor.callLater(0, self._flush)
+
+    def _flush(self) -> None:
+        """After a batch, in the reactor's next pass: the replies' shared copies go now, unless
+        that pass read requests, whose batch takes them along with its claims."""
+        self._flush_call = None
+        if not self._queue and self.handler.shared_replies is not None:
+            self.handler.shared_replies.flush()
 
     def _unblock(self, stalls: int) -> None:
         if stalls == self._stalls:  # no batch held the reactor long since

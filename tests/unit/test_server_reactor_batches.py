@@ -59,6 +59,7 @@ class Handler:
         self.max_queue_seconds = 2.0
         self.seconds = 0.0
         self._clock = server_clock
+        self.shared_replies: Any = None
 
     def handle_batch(self, jobs: list[Job]) -> list[JobResult]:
         self.batches.append(jobs)
@@ -163,3 +164,34 @@ def test_a_failing_batch_frees_its_requests_and_the_next_one_runs() -> None:
     receive(server, transport, 1)  # the NAS retransmits
     clock.advance(0)
     assert calls == [1, 1] and len(transport.sent) == 1
+
+
+class Shared:
+    """The shared reply cache's flush, as the server calls it: how many replies had been sent
+    at each."""
+
+    def __init__(self, transport: Transport) -> None:
+        self.transport = transport
+        self.flushes: list[int] = []
+
+    def flush(self) -> None:
+        self.flushes.append(len(self.transport.sent))
+
+
+def test_the_shared_replies_go_after_the_replies_or_with_the_next_batch() -> None:
+    server, handler, clock, transport = setup()
+    shared = handler.shared_replies = Shared(transport)
+    receive(server, transport, 1)
+    clock.advance(0)
+    assert len(transport.sent) == 1 and shared.flushes == []  # the reply first
+    clock.advance(0)  # a pass that read nothing: they go now
+    assert shared.flushes == [1]
+    receive(server, transport, 2)
+    clock.advance(0)
+    receive(server, transport, 3)  # the next pass reads more: its batch takes them along
+    clock.advance(0)
+    assert len(transport.sent) == 3 and shared.flushes == [1]
+    clock.advance(0)
+    assert shared.flushes == [1, 3]
+    clock.advance(0)
+    assert shared.flushes == [1, 3]  # nothing more after an idle pass
