@@ -159,6 +159,9 @@ def start(settings: Settings, reactor: Any) -> Running:
     server.batch_size = int(radius["batch_size"])
     server.concurrent_batches = int(radius["concurrent_batches"])
     handler.defer_replies = server.concurrent_batches == 0
+    if shared is not None:
+        # What the last batch left waiting for the shared cache, when the server stops.
+        reactor.addSystemEventTrigger("before", "shutdown", shared.flush)
     handler.clock = reactor.seconds
     handler.max_queue_seconds = float(radius["max_queue_seconds"])
     reuse = bool(settings["server"]["reuse_port"])
