@@ -5,7 +5,9 @@ the same errors and the same recovery from a dropped connection as through SQLAl
 from __future__ import annotations
 
 import itertools
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -482,3 +484,35 @@ def test_a_cards_open_calls_are_read_from_its_own_index_whatever_the_statistics(
     rows, plan = store.db.run(explain)
     assert rows == []
     assert _buffers(plan["Plan"]) < 50, plan
+
+
+def _backend(conn: Any) -> int:
+    return int(conn.exec_driver_sql("SELECT pg_backend_pid()").scalar())
+
+
+def test_a_thread_keeps_its_connection_between_transactions(postgres_url: str) -> None:
+    db = Database.from_url(postgres_url, pool_size=2)
+    try:
+        first = db.run(_backend)
+        assert db.run(_backend) == first
+        with db.engine.connect() as other:  # the pool still serves everyone else
+            assert _backend(other) != first
+    finally:
+        db.dispose()
+
+
+def test_threads_never_share_a_connection(postgres_url: str) -> None:
+    db = Database.from_url(postgres_url, pool_size=2)
+    both_inside = threading.Barrier(2, timeout=10)
+
+    def inside(conn: Any) -> int:
+        backend = _backend(conn)
+        both_inside.wait()  # each holds its transaction open while the other runs
+        return backend
+
+    try:
+        with ThreadPoolExecutor(2) as threads:
+            backends = list(threads.map(lambda _: db.run(inside), range(2)))
+        assert backends[0] != backends[1]
+    finally:
+        db.dispose()
