@@ -122,7 +122,8 @@ class _BatchStatements:
     :data:`CARD_LOOKUPS`) to its statement."""
 
     cards: dict[frozenset[str], Any]
-    open_calls: Any
+    locks: dict[frozenset[str], Any] | None  # PostgreSQL
+    open_calls: Any  # SQLite
     calls: Any
 
 
@@ -164,13 +165,32 @@ def _batch_statements(postgresql_arrays: bool) -> _BatchStatements:
         else by_token.where(among(_live.c.token, "tokens", String)),
     }
 
-    def cards_named(lookups: frozenset[str]) -> Any:
-        """The cards named by ``lookups`` only: a batch of PIN authorizations asks for PIN
-        hashes alone, one index scan. One statement with all four lookups (a union, whose
-        generic plan hashes, sorts and merge-joins the empty ones too) cost PostgreSQL 123 µs
-        of CPU per transaction for one PIN (with its ``BEGIN`` and ``ROLLBACK``), against 87
-        µs for the index scan alone; six PINs 123 against 77, a PIN and a call's token 137
-        against 97 (prepared, generic plans, 3,000 runs each on 40,000 cards)."""
+    is_open = _live.c.state.in_([literal_column(f"'{state}'") for state in OPEN_STATES])
+    in_time = _live.c.deadline_at > bindparam("now")
+    # PostgreSQL: a card's open calls, one aggregate row per card. The deadline is tested in
+    # the aggregate, not in WHERE: the NAS's and the reaper's open-call indexes require a
+    # column set that only a condition on it in WHERE implies (revision 0007), so the generic
+    # plan can only read the card's own index. With the deadline in WHERE, statistics taken
+    # while few calls were open made their whole scans look as cheap, and with 20,000 calls
+    # open each card then cost about 3 ms, not 10 µs.
+    open_of_card = (
+        select(
+            func.count(_live.c.id).filter(in_time).label("open_count"),
+            func.coalesce(func.sum(_live.c.reserved_amount).filter(in_time), 0).label("reserved"),
+        )
+        .where(_live.c.card_id == _cards.c.id, is_open)
+        .lateral("open_calls")
+    )
+
+    def cards_named(lookups: frozenset[str]) -> tuple[Any, Any]:
+        """The cards named by ``lookups`` only, as (the statement that locks them, the one that
+        reads them; PostgreSQL) or (None, the one that reads them; SQLite). A batch of PIN
+        authorizations asks for PIN hashes alone, one index scan. One statement with all four
+        lookups (a union, whose generic plan hashes, sorts and merge-joins the empty ones too)
+        cost PostgreSQL 123 µs of CPU per transaction for one PIN (with its ``BEGIN`` and
+        ``ROLLBACK``), against 87 µs for the index scan alone; six PINs 123 against 77, a PIN
+        and a call's token 137 against 97 (prepared, generic plans, 3,000 runs each on 40,000
+        cards). On PostgreSQL the read also brings each card's open calls."""
         order = [name for name in CARD_LOOKUPS if name in lookups]
         if len(order) == 1 and order[0] in direct:
             where = direct[order[0]]
@@ -188,52 +208,37 @@ def _batch_statements(postgresql_arrays: bool) -> _BatchStatements:
             bound_ani = _binds.c.ani.label("bound_ani")
         else:
             bound_ani = null().label("bound_ani")
+        columns = [*_CARD_COLUMNS, bound_ani, _groups.c.rates_version]
+        if not postgresql_arrays:
+            found = select(*columns).select_from(source).where(where).order_by(_cards.c.id)
+            return None, found
+        lock = select(_cards.c.id).where(where).order_by(_cards.c.id).with_for_update(of=_cards)
         found = (
-            select(*_CARD_COLUMNS, bound_ani, _groups.c.rates_version)
-            .select_from(source)
+            select(*columns, open_of_card.c.open_count, open_of_card.c.reserved)
+            .select_from(source.join(open_of_card, true()))
             .where(where)
             .order_by(_cards.c.id)
         )
-        return hot(found.with_for_update(of=_cards)) if postgresql_arrays else found
+        return hot(lock), hot(found)
 
-    cards = {
+    named = {
         frozenset(lookups): cards_named(frozenset(lookups))
         for size in range(1, len(CARD_LOOKUPS) + 1)
         for lookups in itertools.combinations(CARD_LOOKUPS, size)
     }
-    is_open = _live.c.state.in_([literal_column(f"'{state}'") for state in OPEN_STATES])
-    in_time = _live.c.deadline_at > bindparam("now")
-    if postgresql_arrays:
-        # The deadline is tested in the aggregate, not in WHERE: the NAS's and the reaper's
-        # open-call indexes require a column set that only a condition on it in WHERE implies
-        # (revision 0007), so the generic plan can only read the card's own index. With the
-        # deadline in WHERE, statistics taken while few calls were open made their whole scans
-        # look as cheap, and with 20,000 calls open each card then cost about 3 ms, not 10 µs.
-        open_calls = each(
-            "card_ids",
-            BigInteger,
-            lambda card_id: (
-                select(
-                    _live.c.card_id,
-                    func.count(_live.c.id).filter(in_time).label("open_count"),
-                    func.coalesce(func.sum(_live.c.reserved_amount).filter(in_time), 0).label(
-                        "reserved"
-                    ),
-                )
-                .where(_live.c.card_id == card_id, is_open)
-                .group_by(_live.c.card_id)
-            ),
+    locks = {key: lock for key, (lock, _) in named.items()} if postgresql_arrays else None
+    cards = {key: found for key, (_, found) in named.items()}
+    # SQLite: the open calls of the cards a batch uses, after reading them (no locks there:
+    # one writer at a time).
+    open_calls = (
+        select(
+            _live.c.card_id,
+            func.count(_live.c.id).label("open_count"),
+            func.coalesce(func.sum(_live.c.reserved_amount), 0).label("reserved"),
         )
-    else:
-        open_calls = (
-            select(
-                _live.c.card_id,
-                func.count(_live.c.id).label("open_count"),
-                func.coalesce(func.sum(_live.c.reserved_amount), 0).label("reserved"),
-            )
-            .where(among(_live.c.card_id, "card_ids", BigInteger), is_open, in_time)
-            .group_by(_live.c.card_id)
-        )
+        .where(among(_live.c.card_id, "card_ids", BigInteger), is_open, in_time)
+        .group_by(_live.c.card_id)
+    )
     call = select(
         *(_cards.c[key].label(f"of_card_{key}") for key in _ACCT_CARD_KEYS),
         *_live.c,
@@ -244,14 +249,14 @@ def _batch_statements(postgresql_arrays: bool) -> _BatchStatements:
     ).join_from(_live, _cards, _live.c.card_id == _cards.c.id)
     calls = call.where(among(_live.c.token, "tokens", String)).order_by(_live.c.id)
     if postgresql_arrays:
-        # Each call locked as it is found (its card is locked already, by ``cards``).
+        # Each call locked as it is found (its card is locked already, by ``locks``).
         calls = each(
             "tokens",
             String,
             lambda token: call.where(_live.c.token == token).with_for_update(of=_live),
         )
-        return _BatchStatements(cards, hot(open_calls), hot(calls))
-    return _BatchStatements(cards, open_calls, calls)
+        return _BatchStatements(cards, locks, None, hot(calls))
+    return _BatchStatements(cards, None, open_calls, calls)
 
 
 # The accounting's statements. A call's card is locked before its live session, the order that
@@ -338,13 +343,14 @@ _UPDATE_BY_ID = {
     table: hot(update(table).where(table.c.id == bindparam("b_id"))) for table in (_cards, _live)
 }
 
-#: By database: True for PostgreSQL. ``cards``: every card a batch names (by PIN hash, card
-#: number, bound ANI, or a call's token), with the ANI it was named by and its rate group's
-#: ``rates_version``, locked in id order so
-#: two batches never wait for each other in a cycle (SQLite has one writer anyway).
-#: ``open_calls``: those cards' open calls, read after the locks are held, so (READ COMMITTED)
-#: every grant committed by whoever held a card before is seen. ``calls``: the calls
-#: (and their cards' accounting columns) the batch's accounting events name by token, locked.
+#: By database: True for PostgreSQL. ``locks``: every card a batch names (by PIN hash, card
+#: number, bound ANI, or a call's token), locked in id order so two batches never wait for each
+#: other in a cycle (SQLite has one writer anyway). ``cards``: the same cards, with the ANI
+#: each was named by, its rate group's ``rates_version`` and (PostgreSQL) its open calls, read
+#: after the locks are held, so (READ COMMITTED) every grant committed by whoever held a card
+#: before is seen. ``open_calls`` (SQLite): the open calls of the cards a batch uses.
+#: ``calls``: the calls (and their cards' accounting columns) the batch's accounting events
+#: name by token, locked.
 BATCH = {True: _batch_statements(True), False: _batch_statements(False)}
 
 
@@ -581,15 +587,9 @@ class Store:
         auths: Sequence[tuple[AuthRequest, datetime]],
         accts: Sequence[tuple[AcctEvent, datetime]],
     ) -> tuple[list[AuthResult | Exception], list[AcctResult | Exception]]:
-        auth_results: list[AuthResult | Exception] = []
-        if auths or len(accts) > 1:
-            # Locks every card of the batch (the accounting's too) before anything else.
-            auth_results = list(self._authorize_many(conn, auths, accts))
-        acct_results: list[AcctResult | Exception] = list(
-            self._account_many(conn, accts)
-            if len(accts) > 1
-            else [self._account(conn, ev, now) for ev, now in accts]
-        )
+        # Locks every card of the batch (the accounting's too) before anything else.
+        auth_results: list[AuthResult | Exception] = list(self._authorize_many(conn, auths, accts))
+        acct_results: list[AcctResult | Exception] = list(self._account_many(conn, accts))
         return auth_results, acct_results
 
     # ------------------------------------------------------------------ authorization
@@ -608,12 +608,14 @@ class Store:
     ) -> list[AuthResult]:
         """Identify the cards, decide each request in turn, and reserve the grants.
 
-        The server's hot path, the same for one request or a batch: two reads (the cards,
-        locked, with their rate groups' versions; their open calls), the rates from memory
-        (:class:`~billing.storage.rates.RateCache`), then the decisions, in order, each seeing
-        the grants made before it in the batch, then the writes, which travel with the commit
-        (PostgreSQL). ``accts``: the batch's accounting events, whose cards are
-        locked here too, in the same id order.
+        The server's hot path, the same for one request or a batch. On PostgreSQL one round
+        trip: the cards locked, then read with their rate groups' versions and their open
+        calls, two statements in one message. On SQLite two reads (the cards; their open
+        calls). Then the rates from memory (:class:`~billing.storage.rates.RateCache`), the
+        decisions, in order, each seeing the grants made before it in the batch, and the
+        writes, which travel with the commit (PostgreSQL). ``accts``: the batch's accounting
+        events, whose cards are locked here too, in the same id order; with no
+        authorizations the locks travel with :meth:`_account_many`'s read of the calls.
         """
         statements = BATCH[not self.db.is_sqlite]
         # What each request would look its card up by, found by asking :meth:`_identify` with
@@ -632,24 +634,35 @@ class Store:
             "tokens": sorted({ev.token for ev, _ in accts if ev.token and ev.leg != "other"}),
         }
         params = {name: values for name, values in lookups.items() if values}
+        key = frozenset(params)
+        if params and statements.locks is not None:
+            # The locks go in the same message as the read below (or, for accounting alone,
+            # as the calls' read): PostgreSQL takes them, then runs the read with a snapshot
+            # of its own, so it sees every grant committed by whoever held a card before.
+            _write(conn, statements.locks[key], params)
+        if not auths:
+            return []
+        if params and statements.locks is not None:
+            params["now"] = min(now for _, now in auths)
         cards: dict[int, _Card] = {}
         found: dict[str, dict[Any, _Card]] = {"pin_hash": {}, "serial": {}, "ani": {}}
-        rows = conn.execute(statements.cards[frozenset(params)], params) if params else ()
+        open_calls: dict[int, list[Any]] = {}
+        rows = conn.execute(statements.cards[key], params) if params else ()
         for row in rows:
             card = cards.get(row.id) or cards.setdefault(row.id, _Card(row))
             found["pin_hash"][row.pin_hash] = card
             found["serial"][row.serial] = card
             if row.bound_ani is not None:
                 found["ani"][row.bound_ani] = card
-        if not auths:
-            return []
+            if statements.locks is not None:
+                open_calls[row.id] = [int(row.open_count), Decimal(row.reserved)]
         identified = [
             self._identify(conn, req, lambda kind, value: found[kind].get(value))
             for req, _ in auths
         ]
         used = {card.id: card for card, _ in identified if card is not None}
-        open_calls: dict[int, list[Any]] = {card_id: [0, ZERO] for card_id in used}
-        if used:
+        if statements.open_calls is not None and used:
+            open_calls = {card_id: [0, ZERO] for card_id in used}
             rows = conn.execute(
                 statements.open_calls,
                 {"card_ids": sorted(used), "now": min(now for _, now in auths)},

@@ -220,11 +220,16 @@ def test_stop_of_an_authorized_call_is_a_handful_of_statements(store: Store) -> 
         if sql.startswith("WITH"):
             statements.append("INSERT " + "+".join(re.findall(r"INSERT INTO (\w+)", sql)))
             return
+        lateral = sql.partition("JOIN LATERAL (")[2]
         while (outer := re.sub(r"\([^()]*\)", "", sql)) != sql:
             sql = outer
+            lateral = re.sub(r"\([^()]*\)", "", lateral)
         words = sql.split()
         if words[0] in ("SELECT", "DELETE"):
-            statements.append(f"{words[0]} {words[words.index('FROM') + 1]}")
+            table = words[words.index("FROM") + 1]
+            if table == "unnest":  # one lookup per value of an array, in a lateral subquery
+                table = re.findall(r"\bFROM\s+(\w+)", lateral)[0]
+            statements.append(f"{words[0]} {table}")
         elif words[0] in ("INSERT", "UPDATE"):
             statements.append(f"{words[0]} {words[2 if words[0] == 'INSERT' else 1]}")
 
@@ -237,10 +242,15 @@ def test_stop_of_an_authorized_call_is_a_handful_of_statements(store: Store) -> 
     finally:
         event.remove(store.db.engine, "before_cursor_execute", record)
 
-    assert interim == ["SELECT cards", "SELECT live_sessions", "UPDATE live_sessions"]
+    # PostgreSQL: the card locked, found by the call's token; then the call, locked, with the
+    # card's columns and the NAS's boot epoch (on the hot path both go in one message).
+    # SQLite, which has one writer at a time and no row locks: the call and its card.
+    reads = (
+        ["SELECT live_sessions"] if store.db.is_sqlite else ["SELECT cards", "SELECT live_sessions"]
+    )
+    assert interim == [*reads, "UPDATE live_sessions"]
     assert statements == [
-        "SELECT cards",  # the card, locked, found by token, with the NAS's boot epoch
-        "SELECT live_sessions",  # the call, locked
+        *reads,
         "UPDATE cards",
         # PostgreSQL: one statement, which needs no round trip of its own (the CDR's id is not
         # read back); SQLite: the CDR's id read back for its ledger entry.

@@ -18,7 +18,8 @@ from sqlalchemy import Connection, create_engine, select, text
 from sqlalchemy.exc import DataError, IntegrityError
 from store_support import EPOCH, add_card, nas_id, pin_of, pin_request, store_fixture
 
-from billing.calls import Accepted, AcctEvent, AcctStatus
+from billing.calls import Accepted, AcctEvent, AcctStatus, Rejected
+from billing.domain import RejectReason
 from billing.storage.database import Database, HotConnection, _pack
 from billing.storage.rates import _RATES_OF_GROUP
 from billing.storage.store import (
@@ -80,7 +81,7 @@ def both_ways(
 @pytest.mark.parametrize("prepare", [True, False], ids=["prepared", "plain"])
 def test_rows_are_the_same_values_and_types_as_sqlalchemy(store: Store, prepare: bool) -> None:
     serial = next(serials)
-    card_id = add_card(store, serial, Decimal("5.00"))
+    add_card(store, serial, Decimal("5.00"))
     token = authorize(store, serial).token
     with store.db.engine.connect() as conn:
         live_id = conn.execute(
@@ -90,9 +91,9 @@ def test_rows_are_the_same_values_and_types_as_sqlalchemy(store: Store, prepare:
     names = {"serials": [], "anis": [], "tokens": [token]}
     pin_hashes = [store._hash_pin(pin_of(serial))]
     cases = [
-        (batch.cards[frozenset(CARD_LOOKUPS)], {**names, "pin_hashes": pin_hashes}),
-        (batch.cards[frozenset({"pin_hashes"})], {"pin_hashes": pin_hashes}),
-        (batch.open_calls, {"card_ids": [card_id], "now": EPOCH}),
+        (batch.cards[frozenset(CARD_LOOKUPS)], {**names, "pin_hashes": pin_hashes, "now": EPOCH}),
+        (batch.cards[frozenset({"pin_hashes"})], {"pin_hashes": pin_hashes, "now": EPOCH}),
+        (batch.locks[frozenset({"pin_hashes"})], {"pin_hashes": pin_hashes}),  # type: ignore[index]
         (_RATES_OF_GROUP, {"rate_group": rate_group(store)}),
         (CARD_OF_TOKEN, {"token": token, "nas_id": nas_id(store)}),
         (CALL_FOR_UPDATE, {"live_id": live_id}),
@@ -272,11 +273,12 @@ def counted(store: Store) -> Iterator[list[list[str]]]:
         engine.dispose()
 
 
-def test_each_packet_of_a_call_takes_three_or_four_round_trips(
+def test_each_packet_of_a_call_takes_two_round_trips(
     store: Store, counted: list[list[str]]
 ) -> None:
     """As PostgreSQL receives them: every statement of a call a prepared ``EXECUTE`` (none
-    left to SQLAlchemy's path), in three or four messages per packet."""
+    left to SQLAlchemy's path), in two messages per packet: the locks and the reads, then the
+    writes and the commit."""
     serial = next(serials)
     add_card(store, serial, Decimal("5.00"))
     authorize(store, serial)  # prepares the statements on this connection
@@ -291,16 +293,15 @@ def test_each_packet_of_a_call_takes_three_or_four_round_trips(
     calls = [m for m in counted if m[0] != "PREPARE"]
     # BEGIN rides with the first statement, the writes with the next read or with COMMIT.
     assert auth == [
-        ["BEGIN", "EXECUTE"],  # the card, locked, with its rate group's version
-        ["EXECUTE"],  # its open calls (the rate is the server's copy)
+        # The card locked; then read, with its rate group's version and its open calls (the
+        # rate is the server's copy).
+        ["BEGIN", "EXECUTE", "EXECUTE"],
         ["EXECUTE", "COMMIT"],  # the grant
     ]
     assert calls == [
-        ["BEGIN", "EXECUTE"],  # Start: the card, by token
-        ["EXECUTE"],  # the call, locked
+        ["BEGIN", "EXECUTE", "EXECUTE"],  # Start: the card locked, by token; the call, locked
         ["EXECUTE", "EXECUTE", "COMMIT"],  # the call and the card's first use
-        ["BEGIN", "EXECUTE"],  # Stop: the card
-        ["EXECUTE"],  # the call
+        ["BEGIN", "EXECUTE", "EXECUTE"],  # Stop: the card; the call
         ["EXECUTE", "EXECUTE", "EXECUTE", "COMMIT"],  # the debit, CDR and ledger, call closed
     ]
     with store.db.engine.connect() as conn:
@@ -317,8 +318,8 @@ def test_each_packet_of_a_call_takes_three_or_four_round_trips(
 def test_a_batch_takes_as_many_round_trips_as_one_request(
     store: Store, counted: list[list[str]]
 ) -> None:
-    """Five authorizations and the Stops of two calls in one batch: four messages in all, the
-    two reads of one authorization and one read of the calls, whatever their number."""
+    """Five authorizations and the Stops of two calls in one batch: three messages in all, as
+    for one authorization, whatever their number."""
     nas = nas_id(store)
     cards = [next(serials) for _ in range(7)]
     for serial in cards:
@@ -345,8 +346,7 @@ def test_a_batch_takes_as_many_round_trips_as_one_request(
     assert all(isinstance(result, Accepted) for result in auths), auths
     assert [result.outcome for result in accts] == ["billed", "billed"]  # type: ignore[union-attr]
     assert [m for m in counted if m[0] != "PREPARE"] == [
-        ["BEGIN", "EXECUTE"],  # every card of the batch, locked
-        ["EXECUTE"],  # their open calls
+        ["BEGIN", "EXECUTE", "EXECUTE"],  # every card of the batch, locked; then read
         ["EXECUTE"] * 6,  # the five grants; both Stops' calls, locked
         ["EXECUTE"] * 6 + ["COMMIT"],  # per Stop: the debit, CDR and ledger, the call closed
     ]
@@ -455,20 +455,21 @@ def _calls_sql(card: int, nas: int, state: str, count: int) -> str:
 def test_a_cards_open_calls_are_read_from_its_own_index_whatever_the_statistics(
     store: Store,
 ) -> None:
-    """The open-calls lookup's generic plan is made once per connection, with the statistics
-    of that moment. Made while twenty thousand calls were finished and none open (a quiet
-    hour), it must still read only the card's own open calls once twenty thousand calls of
-    another card are open (not yet analyzed): the NAS's and the reaper's open-call indexes,
-    scanned whole, would read every one of them."""
+    """The cards' read, with their open calls: its generic plan is made once per connection,
+    with the statistics of that moment. Made while twenty thousand calls were finished and
+    none open (a quiet hour), it must still read only the card's own open calls once twenty
+    thousand calls of another card are open (not yet analyzed): the NAS's and the reaper's
+    open-call indexes, scanned whole, would read every one of them."""
     nas = nas_id(store)
-    card = add_card(store, next(serials), Decimal("5.00"))
+    card_serial = next(serials)
+    add_card(store, card_serial, Decimal("5.00"))
     busy = add_card(store, next(serials), Decimal("5.00"))
     with store.db.engine.connect() as conn:
         conn = conn.execution_options(isolation_level="AUTOCOMMIT")
         conn.exec_driver_sql(_calls_sql(busy, nas, "closed", 20_000))
         conn.exec_driver_sql("ANALYZE live_sessions")
-    statement = BATCH[True].open_calls
-    params = {"card_ids": [card], "now": EPOCH}
+    statement = BATCH[True].cards[frozenset({"serials"})]
+    params = {"serials": [card_serial], "now": EPOCH}
 
     def explain(conn: Any) -> tuple[list[Any], dict[str, Any]]:
         rows = conn.execute(statement, params).all()  # planned now, with those statistics
@@ -482,7 +483,7 @@ def test_a_cards_open_calls_are_read_from_its_own_index_whatever_the_statistics(
         return rows, plan
 
     rows, plan = store.db.run(explain)
-    assert rows == []
+    assert [(row.serial, row.open_count) for row in rows] == [(card_serial, 0)]
     assert _buffers(plan["Plan"]) < 50, plan
 
 
@@ -516,3 +517,46 @@ def test_threads_never_share_a_connection(postgres_url: str) -> None:
         assert backends[0] != backends[1]
     finally:
         db.dispose()
+
+
+def test_an_authorization_that_waited_for_its_card_sees_the_grant_made_meanwhile(
+    store: Store,
+) -> None:
+    """The card's lock and its read (with its open calls) go to PostgreSQL in one message:
+    the read must still see what the transaction that held the lock committed. A card of one
+    call at a time: another transaction holds it and grants a call; the authorization waits,
+    and once that commits, is refused."""
+    nas = nas_id(store)
+    serial = next(serials)
+    card = add_card(store, serial, Decimal("5.00"))
+    holder = store.db.engine.connect()
+    try:
+        holder.execute(text("UPDATE cards SET max_calls = 1 WHERE id = :c"), {"c": card})
+        holder.commit()
+        holder.execute(text("SELECT id FROM cards WHERE id = :c FOR UPDATE"), {"c": card})
+        holder.exec_driver_sql(
+            _calls_sql(card, nas, "authorized", 1).replace(
+                "now() + interval '1 hour'", f"'{EPOCH + timedelta(hours=1)}'"
+            )
+        )
+        with ThreadPoolExecutor(1) as thread:
+            waiting = thread.submit(store.authorize, pin_request(nas, serial, "late"), EPOCH)
+            for _ in range(200):  # until the authorization waits for the card's lock
+                with store.db.engine.connect() as watch:
+                    blocked = watch.execute(
+                        text(
+                            "SELECT count(*) FROM pg_stat_activity"
+                            " WHERE wait_event_type = 'Lock' AND datname = current_database()"
+                        )
+                    ).scalar()
+                if blocked:
+                    break
+                threading.Event().wait(0.05)
+            assert blocked, "the authorization never waited for the card"
+            holder.commit()
+            result = waiting.result(timeout=10)
+    finally:
+        holder.rollback()
+        holder.close()
+    assert isinstance(result, Rejected), result
+    assert result.reason == RejectReason.IN_USE
