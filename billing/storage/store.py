@@ -227,7 +227,9 @@ def _batch_statements(postgresql_arrays: bool) -> _BatchStatements:
         for lookups in itertools.combinations(CARD_LOOKUPS, size)
     }
     locks = {key: lock for key, (lock, _) in named.items()} if postgresql_arrays else None
-    cards = {key: found for key, (_, found) in named.items()}
+    # The reads name the authorizations' cards only: the accounting events' cards (by token)
+    # are locked with the others, and read with their calls (``calls``).
+    cards = {key: found for key, (_, found) in named.items() if "tokens" not in key}
     # SQLite: the open calls of the cards a batch uses, after reading them (no locks there:
     # one writer at a time).
     open_calls = (
@@ -634,20 +636,21 @@ class Store:
             "tokens": sorted({ev.token for ev, _ in accts if ev.token and ev.leg != "other"}),
         }
         params = {name: values for name, values in lookups.items() if values}
-        key = frozenset(params)
         if params and statements.locks is not None:
             # The locks go in the same message as the read below (or, for accounting alone,
             # as the calls' read): PostgreSQL takes them, then runs the read with a snapshot
             # of its own, so it sees every grant committed by whoever held a card before.
-            _write(conn, statements.locks[key], params)
+            _write(conn, statements.locks[frozenset(params)], params)
         if not auths:
             return []
+        params.pop("tokens", None)  # the accounting's cards are read with their calls
+        read = statements.cards[frozenset(params)] if params else None
         if params and statements.locks is not None:
             params["now"] = min(now for _, now in auths)
         cards: dict[int, _Card] = {}
         found: dict[str, dict[Any, _Card]] = {"pin_hash": {}, "serial": {}, "ani": {}}
         open_calls: dict[int, list[Any]] = {}
-        rows = conn.execute(statements.cards[key], params) if params else ()
+        rows = conn.execute(read, params) if read is not None else ()
         for row in rows:
             card = cards.get(row.id) or cards.setdefault(row.id, _Card(row))
             found["pin_hash"][row.pin_hash] = card
