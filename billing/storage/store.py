@@ -347,10 +347,10 @@ _UPDATE_BY_ID = {
 
 #: By database: True for PostgreSQL. ``locks``: every card a batch names (by PIN hash, card
 #: number, bound ANI, or a call's token), locked in id order so two batches never wait for each
-#: other in a cycle (SQLite has one writer anyway). ``cards``: the same cards, with the ANI
-#: each was named by, its rate group's ``rates_version`` and (PostgreSQL) its open calls, read
-#: after the locks are held, so (READ COMMITTED) every grant committed by whoever held a card
-#: before is seen. ``open_calls`` (SQLite): the open calls of the cards a batch uses.
+#: other in a cycle (SQLite has one writer anyway). ``cards``: the cards the authorizations
+#: name (not by token), with the ANI each was named by, its rate group's ``rates_version`` and
+#: (PostgreSQL) its open calls, read after the locks are held, so (READ COMMITTED) every grant
+#: committed by whoever held a card before is seen. ``open_calls`` (SQLite): the open calls of the cards a batch uses.
 #: ``calls``: the calls (and their cards' accounting columns) the batch's accounting events
 #: name by token, locked.
 BATCH = {True: _batch_statements(True), False: _batch_statements(False)}
