@@ -350,9 +350,9 @@ _UPDATE_BY_ID = {
 #: other in a cycle (SQLite has one writer anyway). ``cards``: the cards the authorizations
 #: name (not by token), with the ANI each was named by, its rate group's ``rates_version`` and
 #: (PostgreSQL) its open calls, read after the locks are held, so (READ COMMITTED) every grant
-#: committed by whoever held a card before is seen. ``open_calls`` (SQLite): the open calls of the cards a batch uses.
-#: ``calls``: the calls (and their cards' accounting columns) the batch's accounting events
-#: name by token, locked.
+#: committed by whoever held a card before is seen. ``open_calls`` (SQLite): the open calls of
+#: the cards a batch uses. ``calls``: the calls (and their cards' accounting columns) the
+#: batch's accounting events name by token, locked.
 BATCH = {True: _batch_statements(True), False: _batch_statements(False)}
 
 
@@ -645,12 +645,13 @@ class Store:
             return []
         params.pop("tokens", None)  # the accounting's cards are read with their calls
         read = statements.cards[frozenset(params)] if params else None
-        if params and statements.locks is not None:
-            params["now"] = min(now for _, now in auths)
+        read_params: dict[str, Any] = dict(params)
+        if read is not None and statements.locks is not None:
+            read_params["now"] = min(now for _, now in auths)
         cards: dict[int, _Card] = {}
         found: dict[str, dict[Any, _Card]] = {"pin_hash": {}, "serial": {}, "ani": {}}
         open_calls: dict[int, list[Any]] = {}
-        rows = conn.execute(read, params) if read is not None else ()
+        rows = conn.execute(read, read_params) if read is not None else ()
         for row in rows:
             card = cards.get(row.id) or cards.setdefault(row.id, _Card(row))
             found["pin_hash"][row.pin_hash] = card
