@@ -149,13 +149,17 @@ class Database:
                 if not self._hot:
                     with self.engine.begin() as conn:
                         return work(conn)
-                conn = self._held_connection()
+                # A run inside a run on this thread takes a connection of its own from the
+                # pool: the held one is in the middle of the outer transaction.
+                nested = getattr(self._held, "busy", False)
+                conn = self.engine.connect() if nested else self._held_connection()
                 # The driver's own flag, not SQLAlchemy's AUTOCOMMIT isolation level, whose
                 # reset on return to the pool costs a round trip (a SET) per transaction.
                 dbapi_conn = conn.connection.dbapi_connection
                 assert dbapi_conn is not None
                 dbapi_conn.autocommit = True
                 hot = HotConnection(conn, self._plans, self._prepare)
+                self._held.busy = True
                 try:
                     result = work(cast(Connection, hot))
                     hot.commit()
@@ -163,8 +167,9 @@ class Database:
                     hot.rollback()
                     raise
                 finally:
+                    self._held.busy = nested
                     hot.close()
-                    self._release(conn, dbapi_conn)
+                    self._release(conn, dbapi_conn, held=not nested)
                 return result
             except DBAPIError as exc:
                 if attempt == 2 or not exc.connection_invalidated:
@@ -184,18 +189,21 @@ class Database:
             conn = self._held.conn = self.engine.connect()
         return conn
 
-    def _release(self, conn: Connection, dbapi_conn: Any) -> None:
-        """After a transaction, the held connection as the pool would have it back: SQLAlchemy's
-        own transaction (of statements that went its way) ended, the driver's flag reset. A
-        connection the database dropped, or left in a transaction, is closed; the next
-        transaction takes a fresh one."""
+    def _release(self, conn: Connection, dbapi_conn: Any, held: bool = True) -> None:
+        """After a transaction, the connection as the pool would have it back: SQLAlchemy's own
+        transaction (of statements that went its way) ended, the driver's flag reset; the held
+        one kept, any other returned to the pool. A connection the database dropped, or left
+        in a transaction, is closed; the next transaction takes a fresh one."""
         broken = conn.invalidated or dbapi_conn.closed
         if not broken and dbapi_conn.info.transaction_status != _IDLE:
             conn.invalidate()  # a transaction left open (its ROLLBACK failed): never reused
             broken = True
-        if broken:
+        if broken or not held:
+            if not broken:
+                dbapi_conn.autocommit = False
             conn.close()
-            self._held.conn = None
+            if held:
+                self._held.conn = None
             return
         if conn.in_transaction():
             conn.rollback()  # nothing is sent: the driver is in autocommit, the work committed

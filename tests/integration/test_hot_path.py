@@ -506,6 +506,26 @@ def test_a_thread_keeps_its_connection_between_transactions(postgres_url: str) -
         db.dispose()
 
 
+def test_a_transaction_inside_another_gets_a_connection_of_its_own(postgres_url: str) -> None:
+    """The outer transaction goes on after the inner one committed, on the held connection."""
+    db = Database.from_url(postgres_url, pool_size=2)
+
+    def txid(conn: Any) -> int:
+        return int(conn.exec_driver_sql("SELECT txid_current()").scalar())
+
+    def outer(conn: Any) -> tuple[int, int, int, int]:
+        before = txid(conn)
+        inner = db.run(_backend)
+        return _backend(conn), before, inner, txid(conn)
+
+    try:
+        backend, before, inner, after = db.run(outer)
+        assert inner != backend and before == after  # the outer transaction was not ended
+        assert db.run(_backend) == backend
+    finally:
+        db.dispose()
+
+
 def test_threads_never_share_a_connection(postgres_url: str) -> None:
     db = Database.from_url(postgres_url, pool_size=2)
     both_inside = threading.Barrier(2, timeout=10)
