@@ -111,7 +111,8 @@ INSERT_GRANT = hot(insert(_live).values(state="authorized", session_key=None, se
 SECURITY_EVENT = hot(insert(cast(Table, SecurityEvent.__table__)))
 
 
-#: How a batch names its cards: the parameter of each list, in the order the lookups are tried.
+#: How a batch names its cards: the parameter of each list, in the order the lookups are tried;
+#: a call's token last (it names a card for the locks only).
 CARD_LOOKUPS = ("pin_hashes", "serials", "anis", "tokens")
 
 
@@ -150,20 +151,35 @@ def _batch_statements(postgresql_arrays: bool) -> _BatchStatements:
         found = per_item(wanted.c.value).lateral(f"each_{name}")
         return select(found).select_from(wanted.join(found, true()))
 
-    by_token = select(_live.c.card_id)
     #: The lookups by the card's own columns: alone in a batch, a condition on the cards.
     direct = {
         "pin_hashes": among(_cards.c.pin_hash, "pin_hashes", String),
         "serials": among(_cards.c.serial, "serials", BigInteger),
     }
-    #: Each lookup as a subquery of card ids, for a batch that makes several.
+    #: Each lookup as a subquery of card ids, for a batch that makes several. A call's token
+    #: names a card only for the locks (PostgreSQL).
     arms = {
         **{name: select(_cards.c.id).where(condition) for name, condition in direct.items()},
         "anis": select(_binds.c.card_id).where(among(_binds.c.ani, "anis", String)),
-        "tokens": each("tokens", String, lambda token: by_token.where(_live.c.token == token))
-        if postgresql_arrays
-        else by_token.where(among(_live.c.token, "tokens", String)),
     }
+    if postgresql_arrays:
+        arms["tokens"] = each(
+            "tokens", String, lambda token: select(_live.c.card_id).where(_live.c.token == token)
+        )
+
+    def named(lookups: frozenset[str]) -> Any:
+        """The condition on the cards named by ``lookups`` only: a batch of PIN authorizations
+        asks for PIN hashes alone, one index scan. One statement with all four lookups (a
+        union, whose generic plan hashes, sorts and merge-joins the empty ones too) cost
+        PostgreSQL 123 µs of CPU per transaction for one PIN (with its ``BEGIN`` and
+        ``ROLLBACK``), against 87 µs for the index scan alone; six PINs 123 against 77, a PIN
+        and a call's token 137 against 97 (prepared, generic plans, 3,000 runs each on 40,000
+        cards)."""
+        order = [name for name in CARD_LOOKUPS if name in lookups]
+        if len(order) == 1 and order[0] in direct:
+            return direct[order[0]]
+        arm = union(*(arms[name] for name in order)) if len(order) > 1 else arms[order[0]]
+        return _cards.c.id.in_(select(*arm.subquery("named").c))
 
     is_open = _live.c.state.in_([literal_column(f"'{state}'") for state in OPEN_STATES])
     in_time = _live.c.deadline_at > bindparam("now")
@@ -182,24 +198,9 @@ def _batch_statements(postgresql_arrays: bool) -> _BatchStatements:
         .lateral("open_calls")
     )
 
-    def cards_named(lookups: frozenset[str]) -> tuple[Any, Any]:
-        """The cards named by ``lookups`` only, as (the statement that locks them, the one that
-        reads them; PostgreSQL) or (None, the one that reads them; SQLite). A batch of PIN
-        authorizations asks for PIN hashes alone, one index scan. One statement with all four
-        lookups (a union, whose generic plan hashes, sorts and merge-joins the empty ones too)
-        cost PostgreSQL 123 µs of CPU per transaction for one PIN (with its ``BEGIN`` and
-        ``ROLLBACK``), against 87 µs for the index scan alone; six PINs 123 against 77, a PIN
-        and a call's token 137 against 97 (prepared, generic plans, 3,000 runs each on 40,000
-        cards). On PostgreSQL the read also brings each card's open calls."""
-        order = [name for name in CARD_LOOKUPS if name in lookups]
-        if len(order) == 1 and order[0] in direct:
-            where = direct[order[0]]
-        else:
-            if len(order) > 1:
-                named = union(*(arms[name] for name in order)).subquery("named")
-            else:
-                named = arms[order[0]].subquery("named")
-            where = _cards.c.id.in_(select(*named.c))
+    def read(lookups: frozenset[str]) -> Any:
+        """The cards an authorization batch names, with the ANI each was named by and its rate
+        group's version; on PostgreSQL with their open calls too."""
         source = _cards.join(_groups, _groups.c.id == _cards.c.rate_group_id)
         if "anis" in lookups:
             source = source.outerjoin(
@@ -208,28 +209,23 @@ def _batch_statements(postgresql_arrays: bool) -> _BatchStatements:
             bound_ani = _binds.c.ani.label("bound_ani")
         else:
             bound_ani = null().label("bound_ani")
-        columns = [*_CARD_COLUMNS, bound_ani, _groups.c.rates_version]
-        if not postgresql_arrays:
-            found = select(*columns).select_from(source).where(where).order_by(_cards.c.id)
-            return None, found
-        lock = select(_cards.c.id).where(where).order_by(_cards.c.id).with_for_update(of=_cards)
-        found = (
-            select(*columns, open_of_card.c.open_count, open_of_card.c.reserved)
-            .select_from(source.join(open_of_card, true()))
-            .where(where)
-            .order_by(_cards.c.id)
-        )
-        return hot(lock), hot(found)
+        columns: list[Any] = [*_CARD_COLUMNS, bound_ani, _groups.c.rates_version]
+        if postgresql_arrays:
+            columns += [open_of_card.c.open_count, open_of_card.c.reserved]
+            source = source.join(open_of_card, true())
+        found = select(*columns).select_from(source).where(named(lookups)).order_by(_cards.c.id)
+        return hot(found) if postgresql_arrays else found
 
-    named = {
-        frozenset(lookups): cards_named(frozenset(lookups))
-        for size in range(1, len(CARD_LOOKUPS) + 1)
-        for lookups in itertools.combinations(CARD_LOOKUPS, size)
-    }
-    locks = {key: lock for key, (lock, _) in named.items()} if postgresql_arrays else None
+    def sets(lookups: tuple[str, ...]) -> list[frozenset[str]]:
+        return [
+            frozenset(chosen)
+            for size in range(1, len(lookups) + 1)
+            for chosen in itertools.combinations(lookups, size)
+        ]
+
     # The reads name the authorizations' cards only: the accounting events' cards (by token)
     # are locked with the others, and read with their calls (``calls``).
-    cards = {key: found for key, (_, found) in named.items() if "tokens" not in key}
+    cards = {lookups: read(lookups) for lookups in sets(CARD_LOOKUPS[:-1])}
     # SQLite: the open calls of the cards a batch uses, after reading them (no locks there:
     # one writer at a time).
     open_calls = (
@@ -257,6 +253,15 @@ def _batch_statements(postgresql_arrays: bool) -> _BatchStatements:
             String,
             lambda token: call.where(_live.c.token == token).with_for_update(of=_live),
         )
+        locks = {
+            lookups: hot(
+                select(_cards.c.id)
+                .where(named(lookups))
+                .order_by(_cards.c.id)
+                .with_for_update(of=_cards)
+            )
+            for lookups in sets(CARD_LOOKUPS)
+        }
         return _BatchStatements(cards, locks, None, hot(calls))
     return _BatchStatements(cards, None, open_calls, calls)
 
