@@ -158,7 +158,6 @@ def start(settings: Settings, reactor: Any) -> Running:
     server.max_pending = int(radius["max_pending"])
     server.batch_size = int(radius["batch_size"])
     server.concurrent_batches = int(radius["concurrent_batches"])
-    handler.defer_replies = server.concurrent_batches == 0
     if shared is not None:
         # What the last batch left waiting for the shared cache, when the server stops.
         reactor.addSystemEventTrigger("before", "shutdown", shared.flush)

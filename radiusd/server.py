@@ -146,13 +146,12 @@ class Handler:
         self.max_queue_seconds = 2.0
         self.status_text: Callable[[], str] = lambda: "Prepaid AAA is up"
         self.last_wait = 0.0  # how long the last batch taken up had waited for a thread
-        #: The shared cache's copies of the replies go with the next batch's claims, or when
-        #: the reactor finds nothing more to do (:meth:`RadiusServer._flush`), instead of in a
-        #: round trip of their own before the replies are sent. Batches on the reactor thread
-        #: only: a worker thread's next command may be a long time coming.
-        self.defer_replies = False
 
-    def handle_batch(self, jobs: list[Job]) -> list[JobResult]:
+    def handle_batch(self, jobs: list[Job], defer_replies: bool = False) -> list[JobResult]:
+        """``defer_replies`` (batches on the reactor thread): the shared cache's copies of the
+        replies go with the next batch's claims, or when the reactor finds nothing more to do
+        (:meth:`RadiusServer._flush`), instead of in a round trip of their own before the
+        replies are sent. Not on a worker thread, whose next command may be long in coming."""
         results: list[JobResult | None] = [None] * len(jobs)
         now = self.clock()
         # The oldest: read by the reactor to shed load.
@@ -196,7 +195,7 @@ class Handler:
                         for d in decoded
                         if isinstance(out := results[d.index], Outcome)
                     ]
-                    if self.defer_replies:
+                    if defer_replies:
                         shared.reply_put_later(answered, self.reply_ttl)
                     else:
                         shared.reply_put_many(answered, self.reply_ttl)
@@ -480,7 +479,7 @@ class RadiusServer:
         began = self.monotonic()
         try:
             try:
-                results = self.handler.handle_batch([b[0] for b in batch])
+                results = self.handler.handle_batch([b[0] for b in batch], defer_replies=True)
             except Exception:
                 self._failed(Failure(), batch)
             else:

@@ -61,7 +61,8 @@ class Handler:
         self._clock = server_clock
         self.shared_replies: Any = None
 
-    def handle_batch(self, jobs: list[Job]) -> list[JobResult]:
+    def handle_batch(self, jobs: list[Job], defer_replies: bool = False) -> list[JobResult]:
+        assert defer_replies  # on the reactor thread, the shared replies wait for a flush
         self.batches.append(jobs)
         self._clock[0] += self.seconds
         return [
@@ -151,7 +152,7 @@ def test_a_failing_batch_frees_its_requests_and_the_next_one_runs() -> None:
     server, handler, clock, transport = setup()
     calls = []
 
-    def fail(jobs: list[Job]) -> list[JobResult]:
+    def fail(jobs: list[Job], defer_replies: bool = False) -> list[JobResult]:
         calls.append(len(jobs))
         if len(calls) == 1:
             raise RuntimeError("a fault in the server")
