@@ -31,6 +31,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "threads": 8,  # worker threads: housekeeping, and batches if concurrent_batches > 0
         "nas_refresh_seconds": 10.0,  # how soon `prepaidctl nas add` reaches a running server
         "workers": 1,  # server processes sharing the ports (SO_REUSEPORT); > 1 needs Redis
+        "spread": "datagram",  # how the kernel hands datagrams to workers: datagram or flow
         "reuse_port": False,  # set for worker processes; share the ports with other processes
     },
     "database": {

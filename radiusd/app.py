@@ -24,7 +24,9 @@ from billing.storage.store import store_from_settings
 from radiusd.codec import Codec, load_dictionary
 from radiusd.metrics import Metrics
 from radiusd.nas import NasTable
+from radiusd.reuseport import spread_per_datagram
 from radiusd.server import ACCT, AUTH, Handler, RadiusProtocol, RadiusServer
+from radiusd.workers import check_spread
 
 log = structlog.get_logger("radiusd")
 
@@ -39,11 +41,13 @@ def throttle_policy(settings: Settings) -> ThrottlePolicy:
     )
 
 
-def listen_udp(reactor: Any, reuse_port: bool, port: int, protocol: Any, interface: str) -> Any:
+def listen_udp(
+    reactor: Any, reuse_port: bool, port: int, protocol: Any, interface: str, workers: int = 1
+) -> Any:
     """Listen on UDP; with ``reuse_port`` several processes share the port (SO_REUSEPORT).
 
-    The kernel spreads datagrams over the processes by source address and port, so one NAS's
-    retransmissions reach the same process (and the Redis reply cache covers the rest).
+    With more than one worker the port's datagrams are spread over them one by one (see
+    :mod:`radiusd.reuseport`); where the kernel cannot, by flow, and a warning says so.
     """
     if not reuse_port:
         return reactor.listenUDP(port, protocol, interface=interface)
@@ -52,6 +56,11 @@ def listen_udp(reactor: Any, reuse_port: bool, port: int, protocol: Any, interfa
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((interface, port))
+        if workers > 1:
+            try:
+                spread_per_datagram(sock, workers)
+            except OSError as exc:
+                log.warning("server.spread_by_flow", port=port, error=exc.strerror or str(exc))
         sock.setblocking(False)
         return reactor.adoptDatagramPort(sock.fileno(), family, protocol)
     finally:
@@ -89,12 +98,19 @@ def freeze_start_up_objects() -> int:
     return gc.get_freeze_count()
 
 
-def start(settings: Settings, reactor: Any) -> Running:
-    """Open the database, load the NAS table, listen, and schedule housekeeping."""
+def start(settings: Settings, reactor: Any, worker: int = 0) -> Running:
+    """Open the database, load the NAS table, listen, and schedule housekeeping.
+
+    ``worker`` is the index of this process among ``workers = N`` (0 to N - 1): worker ``i``
+    serves its metrics on ``[metrics] port`` + ``i``, since each process counts its own. If
+    anything fails to listen, what was opened is closed again and the error raised, so the
+    process exits rather than stay up with a port it never reads.
+    """
     if int(settings["radius"]["batch_size"]) < 1:
         raise ConfigError("[radius] batch_size must be at least 1")
     if int(settings["radius"]["concurrent_batches"]) < 0:
         raise ConfigError("[radius] concurrent_batches must be 0 (the reactor thread) or more")
+    check_spread(settings)
     if int(settings["server"]["workers"]) > 1 and not settings.redis_url:
         raise ConfigError("workers > 1 needs [redis] url: processes must share live state")
     db = Database.from_url(
@@ -164,26 +180,37 @@ def start(settings: Settings, reactor: Any) -> Running:
     handler.clock = reactor.seconds
     handler.max_queue_seconds = float(radius["max_queue_seconds"])
     reuse = bool(settings["server"]["reuse_port"])
+    # Spread the datagrams one by one over the workers, unless told to leave it to the flows.
+    spread = int(settings["server"]["workers"]) if settings["server"]["spread"] != "flow" else 1
+    listening: list[Any] = []
     try:
-        auth_port = listen_udp(
-            reactor, reuse, int(radius["auth_port"]), RadiusProtocol(server, AUTH), interface=bind
-        )
-        acct_port = listen_udp(
-            reactor, reuse, int(radius["acct_port"]), RadiusProtocol(server, ACCT), interface=bind
-        )
+        for port, kind in ((int(radius["auth_port"]), AUTH), (int(radius["acct_port"]), ACCT)):
+            listening.append(
+                listen_udp(
+                    reactor,
+                    reuse,
+                    port,
+                    RadiusProtocol(server, kind),
+                    interface=bind,
+                    workers=spread,
+                )
+            )
+        metrics_port = None
+        if settings["metrics"]["enabled"]:
+            root = Resource()
+            # prometheus-client's resource is a WSGIResource, an IResource at run time
+            root.putChild(b"metrics", MetricsResource(registry=metrics.registry))  # type: ignore[arg-type]
+            port = int(settings["metrics"]["port"])
+            metrics_port = reactor.listenTCP(
+                port + worker if port else 0, Site(root), interface=str(settings["metrics"]["bind"])
+            )
     except BaseException:
+        for listener in listening:
+            listener.stopListening()
         pool.stop()  # or its threads keep the process alive after the error is reported
         db.dispose()
         raise
-
-    metrics_port = None
-    if settings["metrics"]["enabled"]:
-        root = Resource()
-        # prometheus-client's resource is a WSGIResource, an IResource at run time
-        root.putChild(b"metrics", MetricsResource(registry=metrics.registry))  # type: ignore[arg-type]
-        metrics_port = reactor.listenTCP(
-            int(settings["metrics"]["port"]), Site(root), interface=str(settings["metrics"]["bind"])
-        )
+    auth_port, acct_port = listening
 
     def refresh_nas() -> Any:
         d = deferToThreadPool(reactor, pool, store.load_nas_clients)

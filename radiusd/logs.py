@@ -14,7 +14,9 @@ import sys
 import structlog
 
 
-def configure_logging(fmt: str = "json", level: str = "info") -> None:
+def configure_logging(fmt: str = "json", level: str = "info", worker: int | None = None) -> None:
+    """``worker``: the process's index under ``workers = N``, added to every line as
+    ``worker``, since the workers share one stdout (and journald sees one process)."""
     renderer: structlog.typing.Processor
     if fmt == "console":
         renderer = structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty())
@@ -22,9 +24,17 @@ def configure_logging(fmt: str = "json", level: str = "info") -> None:
         renderer = structlog.processors.JSONRenderer()
     else:
         raise ValueError(f"log format must be json or console, not {fmt!r}")
+
+    def add_worker(
+        _logger: structlog.typing.WrappedLogger, _name: str, event: structlog.typing.EventDict
+    ) -> structlog.typing.EventDict:
+        event.setdefault("worker", worker)
+        return event
+
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            *([add_worker] if worker is not None else []),
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,

@@ -24,7 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--log-format", choices=["json", "console"], help="override [server] log_format"
     )
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    # Set by the supervisor of ``workers = N``: this process's index, 0 to N - 1.
+    parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     try:
         settings = load_settings(args.config)
@@ -33,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
             from radiusd import workers as supervisor
 
             supervisor.check(settings)
-            if not args.worker:
+            if args.worker is None:
                 forwarded = list(sys.argv[1:] if argv is None else argv)
                 return supervisor.supervise(forwarded, workers)
     except ConfigError as exc:
@@ -42,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(
         args.log_format or str(settings["server"]["log_format"]),
         str(settings["server"]["log_level"]),
+        worker=args.worker,
     )
     log = structlog.get_logger("radiusd")
 
@@ -51,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     from radiusd.app import freeze_start_up_objects, start
 
     try:
-        running = start(settings, reactor)
+        running = start(settings, reactor, worker=args.worker or 0)
     except (ConfigError, SchemaNotReady, KeyError_) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -5,6 +5,10 @@ they must share — reservations, Max Calls, exactly-once keys (PostgreSQL) and 
 PIN-failure counters and lockouts (Redis) — is shared through the database and Redis, so the
 supervisor only starts, restarts and stops them. A worker that dies is restarted; one that keeps
 dying within seconds of its start stops the whole server, so systemd can report the failure.
+
+Each worker gets its index (``--worker i``, 0 to N - 1; a restarted worker keeps its own): its log
+lines carry it, and it serves its metrics on ``[metrics] port`` + ``i``. The kernel spreads the
+datagrams over the workers one by one (:mod:`radiusd.reuseport`).
 """
 
 from __future__ import annotations
@@ -22,7 +26,17 @@ RESTART_WINDOW_SECONDS = 10.0
 MAX_QUICK_DEATHS = 3
 
 
+SPREADS = ("datagram", "flow")
+
+
+def check_spread(settings: Settings) -> None:
+    spread = settings["server"]["spread"]
+    if spread not in SPREADS:
+        raise ConfigError(f"[server] spread must be datagram or flow, not {spread!r}")
+
+
 def check(settings: Settings) -> None:
+    check_spread(settings)
     if not settings.redis_url:
         raise ConfigError("workers > 1 needs [redis] url: processes must share live state")
     radius = settings["radius"]
@@ -32,7 +46,10 @@ def check(settings: Settings) -> None:
 
 def supervise(argv: list[str], workers: int) -> int:
     env = dict(os.environ, PREPAID_SERVER_REUSE_PORT="true")
-    command = [sys.executable, "-m", "radiusd.main", *argv, "--worker"]
+
+    def command(index: int) -> list[str]:
+        return [sys.executable, "-m", "radiusd.main", *argv, "--worker", str(index)]
+
     children: list[subprocess.Popen[bytes]] = []
     started: list[float] = []
     stopping = False
@@ -43,8 +60,8 @@ def supervise(argv: list[str], workers: int) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    for _ in range(workers):
-        children.append(subprocess.Popen(command, env=env))  # noqa: S603 - our own argv
+    for index in range(workers):
+        children.append(subprocess.Popen(command(index), env=env))  # noqa: S603 - our own argv
         started.append(time.monotonic())
     quick_deaths = 0
     status = 0
@@ -60,7 +77,7 @@ def supervise(argv: list[str], workers: int) -> int:
                 print(f"error: worker exited with {code} repeatedly; stopping", file=sys.stderr)
                 stopping, status = True, 1
                 break
-            children[i] = subprocess.Popen(command, env=env)  # noqa: S603 - our own argv
+            children[i] = subprocess.Popen(command(i), env=env)  # noqa: S603 - our own argv
             started[i] = time.monotonic()
     for child in children:
         if child.poll() is None:

@@ -10,6 +10,7 @@ import shutil
 import socket
 import subprocess
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from decimal import Decimal
@@ -166,19 +167,52 @@ def test_calls_go_on_through_a_redis_outage_and_an_empty_restart(
     assert 'prepaid_backend_errors_total{backend="redis"}' in server.metrics()
 
 
+def free_port_pair() -> int:
+    """A port ``p`` with ``p`` and ``p + 1`` free (for two workers' metrics)."""
+    for _ in range(50):
+        first = free_port()
+        with socket.socket() as a, socket.socket() as b:
+            try:
+                a.bind(("127.0.0.1", first))
+                b.bind(("127.0.0.1", first + 1))
+            except OSError:
+                continue
+        return first
+    raise AssertionError("no two consecutive free ports")
+
+
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        return str(resp.read().decode())
+
+
+def accepts(metrics_text: str) -> float:
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics_text.splitlines()
+        if line.startswith('prepaid_radius_requests_total{kind="auth",result="accept"}')
+    )
+
+
+@pytest.mark.parametrize("spread", ["datagram", "flow"])
 def test_workers_share_the_ports_and_stop_together(
-    setup: tuple[Deployment, ServerProcess, PrivateRedis],
+    setup: tuple[Deployment, ServerProcess, PrivateRedis], spread: str
 ) -> None:
-    """``workers = 2``: two processes bound to one pair of ports, serving, stopped as one."""
+    """``workers = 2``: two processes bound to one pair of ports, each with its own metrics port,
+    sharing even the requests of a NAS that sends them all from one socket (``spread =
+    "datagram"``, the default), or not (``"flow"``); stopped as one."""
     import signal
 
     dep, _, cache = setup
-    auth, acct = free_port(), free_port()
+    auth, acct, metrics = free_port(), free_port(), free_port_pair()
     env = dict(
         dep.env,
         PREPAID_SERVER_WORKERS="2",
         PREPAID_RADIUS_AUTH_PORT=str(auth),
         PREPAID_RADIUS_ACCT_PORT=str(acct),
+        PREPAID_METRICS_ENABLED="true",
+        PREPAID_METRICS_PORT=str(metrics),
+        PREPAID_SERVER_SPREAD=spread,
     )
     server = ServerProcess(env, dep.dir)  # reads the output on a thread: a silent worker fails
     proc = server.proc
@@ -186,21 +220,36 @@ def test_workers_share_the_ports_and_stop_together(
         deadline = time.monotonic() + 30
         while len(server.events("server.listening")) < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert len(server.events("server.listening")) == 2, "two workers must come up"
+        listening = server.events("server.listening")
+        assert sorted((e["worker"], e["metrics_port"]) for e in listening) == [
+            (0, metrics),
+            (1, metrics + 1),
+        ]
         children = subprocess.run(
             ["pgrep", "-P", str(proc.pid)], capture_output=True, text=True
         ).stdout.split()
         assert len(children) == 2
-        cards = dep.create_cards(4, "5.00")
+        cards = dep.create_cards(40, "5.00")
+        nas = Radius()  # one socket, as a softswitch sends: one flow
         answered = 0
-        for c in cards:  # new sockets: the kernel spreads them over the workers
-            nas = Radius()
+        for c in cards:
             reply = nas.send(
                 nas.access_request(c["pin"], Called_Station_Id=UK_NUMBER), auth, timeout=5
             )
-            nas.close()
             answered += reply is not None and reply.code == rp.AccessAccept
+        nas.close()
         assert answered == len(cards)
+        # Each worker counts what it answered. Picked at random per datagram, both answer some
+        # of the one flow's requests (all 40 to one has odds of 2 in 10^12); by flow, one does.
+        per_worker = [accepts(scrape(metrics)), accepts(scrape(metrics + 1))]
+        assert sum(per_worker) == len(cards)
+        by_log = {e["worker"] for e in server.events("radius.request")}
+        if spread == "datagram":
+            assert min(per_worker) > 0, per_worker
+            assert by_log == {0, 1}
+        else:
+            assert min(per_worker) == 0, per_worker
+            assert len(by_log) == 1
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0
@@ -208,6 +257,44 @@ def test_workers_share_the_ports_and_stop_together(
     assert all(
         subprocess.run(["kill", "-0", pid], capture_output=True).returncode != 0 for pid in children
     )
+
+
+def test_an_unknown_spread_is_refused(
+    setup: tuple[Deployment, ServerProcess, PrivateRedis],
+) -> None:
+    dep, _, _ = setup
+    for workers in ("1", "2"):
+        proc = dep.run_server(
+            PREPAID_SERVER_WORKERS=workers,
+            PREPAID_SERVER_SPREAD="sideways",
+            PREPAID_RADIUS_AUTH_PORT=str(free_port()),
+            PREPAID_RADIUS_ACCT_PORT=str(free_port()),
+        )
+        assert proc.returncode == 2
+        assert proc.stderr.strip() == (
+            "error: [server] spread must be datagram or flow, not 'sideways'"
+        )
+
+
+def test_a_server_that_cannot_listen_for_metrics_exits(
+    setup: tuple[Deployment, ServerProcess, PrivateRedis],
+) -> None:
+    """A taken metrics port is an error at start-up, and the process exits: it must not stay
+    up holding its RADIUS ports with nothing reading them (under ``workers = N`` the kernel
+    would keep handing it a share of the datagrams)."""
+    dep, _, _ = setup
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        proc = dep.run_server(
+            PREPAID_METRICS_ENABLED="true",
+            PREPAID_METRICS_PORT=str(taken.getsockname()[1]),
+            PREPAID_RADIUS_AUTH_PORT=str(free_port()),
+            PREPAID_RADIUS_ACCT_PORT=str(free_port()),
+        )
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: cannot listen: ")
+    assert "Address already in use" in proc.stderr
 
 
 def test_workers_refuse_to_start_without_redis(

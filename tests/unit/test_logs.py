@@ -42,3 +42,17 @@ def test_each_log_line_is_one_write(monkeypatch: pytest.MonkeyPatch, fmt: str) -
     if fmt == "json":
         assert json.loads(raw.writes[0])["event"] == "server.listening"
         assert json.loads(raw.writes[1])["error"] == "connection refused"
+
+
+@pytest.mark.parametrize(("worker", "expected"), [(None, "absent"), (0, 0), (3, 3)])
+def test_a_worker_names_itself_on_every_line(
+    monkeypatch: pytest.MonkeyPatch, worker: int | None, expected: object
+) -> None:
+    raw = _Raw()
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(raw, write_through=True))
+    try:
+        configure_logging("json", worker=worker)
+        structlog.get_logger().info("radius.request", nas="gw1")
+    finally:
+        structlog.reset_defaults()
+    assert json.loads(raw.writes[0]).get("worker", "absent") == expected
