@@ -285,6 +285,7 @@ class Plan:
     window: int
     rate: float
     timeout: float
+    nas_sockets: int = 64
 
 
 def scenario_run(
@@ -315,7 +316,7 @@ def scenario_run(
     )
     unit = {"auth": "auth", "calls": "call"}.get(scenario, "txn")
     if scenario == "mixed-open":
-        slots = 16384
+        slots = 256 * plan.nas_sockets  # 256 Identifiers per socket
         gen = LoadGenerator(
             target.host, target.auth_port, target.acct_port, secret, slots, plan.timeout, 256
         )
@@ -518,6 +519,13 @@ def main(argv: list[str] | None = None) -> int:
         "--timeout", type=float, default=2.0, help="seconds before a request is lost"
     )
     parser.add_argument(
+        "--nas-sockets",
+        type=int,
+        default=64,
+        help="sockets the open-loop load comes from (default 64, as from a fleet of NAS; "
+        "1: one softswitch that sends everything from one socket)",
+    )
+    parser.add_argument(
         "--scenario", action="append", choices=SCENARIOS, help="repeatable; default all"
     )
     parser.add_argument("--no-freeradius", action="store_true", help="measure Prepaid AAA only")
@@ -553,6 +561,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the database and temp dir")
     args = parser.parse_args(argv)
 
+    if args.nas_sockets < 1:
+        print("error: --nas-sockets must be at least 1", file=sys.stderr)
+        return 2
     cards = args.cards or (40_000 if args.quick else 200_000)
     rates = args.rates or (100 if args.quick else 1_000)
     plan = Plan(
@@ -561,6 +572,7 @@ def main(argv: list[str] | None = None) -> int:
         window=args.window,
         rate=(args.rate or [1000.0])[0],
         timeout=args.timeout,
+        nas_sockets=args.nas_sockets,
     )
     scenarios = sorted(set(args.scenario or SCENARIOS), key=RUN_ORDER.index)
     ports = [int(p) for p in args.ports.split(",")]
@@ -776,6 +788,7 @@ def main(argv: list[str] | None = None) -> int:
             f"Prepaid AAA benchmark: {cards} cards of {args.card_value}, {rates} rates, "
             f"{plan.duration:.0f} s per "
             f"scenario, window {plan.window}, server workers {args.workers}"
+            + (f", open loop from {plan.nas_sockets} sockets" if plan.nas_sockets != 64 else "")
         )
         print(
             f"machine: {info.get('nproc')} CPUs, {info.get('cpu', '?')}, {info.get('memory', '?')}"
