@@ -192,6 +192,10 @@ def _say(message: str) -> None:
     typer.echo(message)
 
 
+def _calls(count: int) -> str:
+    return f"{count} call" if count == 1 else f"{count} calls"
+
+
 # ---------------------------------------------------------------------------------- apps
 HELP = """Operate a Prepaid AAA server: NAS clients, rate groups, card batches, cards, bind
 numbers, live sessions and reports.
@@ -1076,7 +1080,7 @@ def report_card_bill(
     )
     if fmt == OutputFormat.TABLE:
         _say(
-            f"{bill.calls} calls, {bill.total_duration_seconds} s ({bill.total_billed_seconds} s "
+            f"{_calls(bill.calls)}, {bill.total_duration_seconds} s ({bill.total_billed_seconds} s "
             f"billed), total {format_amount(bill.total_cost, places)} {bill.currency}"
         )
 
@@ -1135,7 +1139,7 @@ def report_bind_bill(
     if fmt == OutputFormat.TABLE:
         cost = _money_totals({t.currency: t.cost for t in bill.totals}, places) or "0"
         _say(
-            f"{bill.calls} calls, {bill.total_duration_seconds} s ({bill.total_billed_seconds} s "
+            f"{_calls(bill.calls)}, {bill.total_duration_seconds} s ({bill.total_billed_seconds} s "
             f"billed), total {cost}"
         )
 
@@ -1217,9 +1221,10 @@ def report_revenue(
             t["brk"] += r.breakage
         for currency, t in sorted(totals.items()):
             _say(
-                f"{currency}: {t['calls']} calls, call revenue {format_amount(t['rev'], places)}, "
-                f"recharges {format_amount(t['rch'], places)}, breakage "
-                f"{format_amount(t['brk'], places)}"
+                f"{currency}: {_calls(t['calls'])}, "
+                f"call revenue {format_amount(t['rev'], places)}, "
+                f"recharges {format_amount(t['rch'], places)}, "
+                f"breakage {format_amount(t['brk'], places)}"
             )
 
 

@@ -80,6 +80,7 @@ def test_bind_bill(ctl: Ctl, tmp_path: Path) -> None:
     assert header.startswith("serial,started_at,calling_number,called_number,duration_seconds")
     table = ctl("report", "bind-bill", ani).stdout
     assert "2 calls, 185 s" in table and "0.3170 USD" in table
+    assert "\n1 call, 60 s (60 s billed)" in ctl("report", "card-bill", rows[1]["serial"]).stdout
     later = ctl.json("report", "bind-bill", ani, "--from", day(1).isoformat())
     assert later["calls"] == 0 and later["rows"] == []
     assert ctl.json("report", "bind-bill", fresh_ani())["calls"] == 0
