@@ -138,17 +138,22 @@ def _batch_statements(postgresql_arrays: bool) -> _BatchStatements:
         return column.in_(bindparam(name, expanding=True))
 
     def each(name: str, item_type: Any, per_item: Callable[[Any], Any]) -> Any:
-        """``per_item(value)`` for each value of the array ``name``, a lateral join
-        (PostgreSQL): an index scan per value, as the planner makes it for one value. With
-        ``= ANY(...)`` instead, a generic plan made while live_sessions is small (a fresh
+        """``per_item(value)``, at most one row, for each value of the array ``name``: a lateral
+        join (PostgreSQL), an index scan per value, as the planner makes it for one value.
+
+        With ``= ANY(...)`` instead, a generic plan made while live_sessions is small (a fresh
         install) reads the whole table at every batch once it has grown, until it is analyzed
-        again (in the benchmark: 3.3 ms a batch for the open calls, against 0.055)."""
+        again (in the benchmark: 3.3 ms a batch for the open calls, against 0.055). The
+        ``LIMIT 1`` keeps it so: a simple lateral subquery is pulled up into a plain join, and
+        the generic plan of the card locks, made while live_sessions held 875 rows, then hashed
+        a sequential scan of the whole table in every batch (in the benchmark's full calls,
+        1.3 ms a batch and a third of PostgreSQL's CPU once it held 6,000 rows)."""
         wanted = (
             func.unnest(bindparam(name, type_=postgresql.ARRAY(item_type)))
             .table_valued("value")
             .render_derived(name=f"wanted_{name}")
         )
-        found = per_item(wanted.c.value).lateral(f"each_{name}")
+        found = per_item(wanted.c.value).limit(1).lateral(f"each_{name}")
         return select(found).select_from(wanted.join(found, true()))
 
     #: The lookups by the card's own columns: alone in a batch, a condition on the cards.

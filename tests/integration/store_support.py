@@ -162,3 +162,23 @@ def pin_request(nas: int, serial: int, acct_session_id: str) -> AuthRequest:
         called_number="441234",
         acct_session_id=acct_session_id,
     )
+
+
+def plan_buffers(node: dict[str, Any]) -> int:
+    """Pages an EXPLAIN (ANALYZE, BUFFERS) plan node and its children touched."""
+    own = node.get("Shared Hit Blocks", 0) + node.get("Shared Read Blocks", 0)
+    return max(own, sum(plan_buffers(child) for child in node.get("Plans", ())))
+
+
+def calls_sql(card: int, nas: int, state: str, count: int) -> str:
+    """An INSERT of ``count`` calls of ``card`` in ``state``, their tokens ``plan-...``."""
+    closed_at = "now()" if state == "closed" else "NULL"
+    return (
+        "INSERT INTO live_sessions (token, card_id, nas_id, state, auth_method, calling_number,"
+        " called_number, rate_prefix, price_per_minute, connection_fee, first_increment,"
+        " next_increment, grace_seconds, granted_seconds, reserved_amount, session_seconds,"
+        " authorized_at, last_update_at, deadline_at, closed_at)"
+        f" SELECT 'plan-{state}-' || g, {card}, {nas}, '{state}', 'pin', '1', '44', '44', 0.07,"
+        f" 0, 30, 6, 0, 600, 0.7, 0, now(), now(), now() + interval '1 hour', {closed_at}"
+        f" FROM generate_series(1, {count}) AS g"
+    )

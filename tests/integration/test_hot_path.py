@@ -16,7 +16,16 @@ import psycopg2.extensions
 import pytest
 from sqlalchemy import Connection, create_engine, select, text
 from sqlalchemy.exc import DataError, IntegrityError
-from store_support import EPOCH, add_card, nas_id, pin_of, pin_request, store_fixture
+from store_support import (
+    EPOCH,
+    add_card,
+    calls_sql,
+    nas_id,
+    pin_of,
+    pin_request,
+    plan_buffers,
+    store_fixture,
+)
 
 from billing.calls import Accepted, AcctEvent, AcctStatus, Rejected
 from billing.domain import RejectReason
@@ -436,26 +445,6 @@ def test_prepared_statements_are_planned_once_per_connection(
     assert mode == ("force_generic_plan" if prepared else "auto")
 
 
-def _buffers(node: dict[str, Any]) -> int:
-    """Pages an EXPLAIN (ANALYZE, BUFFERS) plan node and its children touched."""
-    own = node.get("Shared Hit Blocks", 0) + node.get("Shared Read Blocks", 0)
-    return max(own, sum(_buffers(child) for child in node.get("Plans", ())))
-
-
-def _calls_sql(card: int, nas: int, state: str, count: int) -> str:
-    """An INSERT of ``count`` calls of ``card`` in ``state``, their tokens ``plan-...``."""
-    closed_at = "now()" if state == "closed" else "NULL"
-    return (
-        "INSERT INTO live_sessions (token, card_id, nas_id, state, auth_method, calling_number,"
-        " called_number, rate_prefix, price_per_minute, connection_fee, first_increment,"
-        " next_increment, grace_seconds, granted_seconds, reserved_amount, session_seconds,"
-        " authorized_at, last_update_at, deadline_at, closed_at)"
-        f" SELECT 'plan-{state}-' || g, {card}, {nas}, '{state}', 'pin', '1', '44', '44', 0.07,"
-        f" 0, 30, 6, 0, 600, 0.7, 0, now(), now(), now() + interval '1 hour', {closed_at}"
-        f" FROM generate_series(1, {count}) AS g"
-    )
-
-
 def test_a_cards_open_calls_are_read_from_its_own_index_whatever_the_statistics(
     store: Store,
 ) -> None:
@@ -470,14 +459,14 @@ def test_a_cards_open_calls_are_read_from_its_own_index_whatever_the_statistics(
     busy = add_card(store, next(serials), Decimal("5.00"))
     with store.db.engine.connect() as conn:
         conn = conn.execution_options(isolation_level="AUTOCOMMIT")
-        conn.exec_driver_sql(_calls_sql(busy, nas, "closed", 20_000))
+        conn.exec_driver_sql(calls_sql(busy, nas, "closed", 20_000))
         conn.exec_driver_sql("ANALYZE live_sessions")
     statement = BATCH[True].cards[frozenset({"serials"})]
     params = {"serials": [card_serial], "now": EPOCH}
 
     def explain(conn: Any) -> tuple[list[Any], dict[str, Any]]:
         rows = conn.execute(statement, params).all()  # planned now, with those statistics
-        conn.exec_driver_sql(_calls_sql(busy, nas, "started", 20_000))
+        conn.exec_driver_sql(calls_sql(busy, nas, "started", 20_000))
         sql = conn._mogrify(conn._plan(statement, params), params).decode()
         assert sql.startswith("EXECUTE ")  # the prepared statement, as the server runs it
         cursor = conn.connection.dbapi_connection.cursor()
@@ -488,7 +477,7 @@ def test_a_cards_open_calls_are_read_from_its_own_index_whatever_the_statistics(
 
     rows, plan = store.db.run(explain)
     assert [(row.serial, row.open_count) for row in rows] == [(card_serial, 0)]
-    assert _buffers(plan["Plan"]) < 50, plan
+    assert plan_buffers(plan["Plan"]) < 50, plan
 
 
 def _backend(conn: Any) -> int:
@@ -559,7 +548,7 @@ def test_an_authorization_that_waited_for_its_card_sees_the_grant_made_meanwhile
         holder.commit()
         holder.execute(text("SELECT id FROM cards WHERE id = :c FOR UPDATE"), {"c": card})
         holder.exec_driver_sql(
-            _calls_sql(card, nas, "authorized", 1).replace(
+            calls_sql(card, nas, "authorized", 1).replace(
                 "now() + interval '1 hour'", f"'{EPOCH + timedelta(hours=1)}'"
             )
         )
