@@ -164,6 +164,17 @@ def pin_request(nas: int, serial: int, acct_session_id: str) -> AuthRequest:
     )
 
 
+def explain_as_served(conn: Any, statement: Any, params: dict[str, Any]) -> dict[str, Any]:
+    """``EXPLAIN (ANALYZE, BUFFERS)`` of ``statement`` exactly as the server sends it on the
+    hot connection ``conn``: its prepared statement, with the plan that connection holds."""
+    sql = conn._mogrify(conn._plan(statement, params), params).decode()
+    assert sql.startswith("EXECUTE ")
+    cursor = conn.connection.dbapi_connection.cursor()
+    cursor.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + sql)
+    (plan,) = cursor.fetchone()[0]
+    return dict(plan)
+
+
 def plan_buffers(node: dict[str, Any]) -> int:
     """Pages an EXPLAIN (ANALYZE, BUFFERS) plan node and its children touched."""
     own = node.get("Shared Hit Blocks", 0) + node.get("Shared Read Blocks", 0)

@@ -14,7 +14,15 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from store_support import add_card, calls_sql, nas_id, pin_of, plan_buffers, store_fixture
+from store_support import (
+    add_card,
+    calls_sql,
+    explain_as_served,
+    nas_id,
+    pin_of,
+    plan_buffers,
+    store_fixture,
+)
 
 from billing.storage.store import BATCH, SessionPolicy, Store
 
@@ -53,11 +61,7 @@ def test_the_card_locks_find_a_calls_card_by_its_token_whatever_the_statistics(
         conn.exec_driver_sql(calls_sql(busy, nas, "started", 20_000))
         params = {**planned, "tokens": ["plan-started-7", "plan-started-19999"]}
         rows = conn.execute(statement, params).all()
-        sql = conn._mogrify(conn._plan(statement, params), params).decode()
-        assert sql.startswith("EXECUTE ")  # the prepared statement, as the server runs it
-        cursor = conn.connection.dbapi_connection.cursor()
-        cursor.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + sql)
-        (plan,) = cursor.fetchone()[0]
+        plan = explain_as_served(conn, statement, params)
         conn.exec_driver_sql("DELETE FROM live_sessions WHERE token LIKE 'plan-started-%%'")
         return rows, plan
 

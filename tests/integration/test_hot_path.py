@@ -20,6 +20,7 @@ from store_support import (
     EPOCH,
     add_card,
     calls_sql,
+    explain_as_served,
     nas_id,
     pin_of,
     pin_request,
@@ -467,11 +468,7 @@ def test_a_cards_open_calls_are_read_from_its_own_index_whatever_the_statistics(
     def explain(conn: Any) -> tuple[list[Any], dict[str, Any]]:
         rows = conn.execute(statement, params).all()  # planned now, with those statistics
         conn.exec_driver_sql(calls_sql(busy, nas, "started", 20_000))
-        sql = conn._mogrify(conn._plan(statement, params), params).decode()
-        assert sql.startswith("EXECUTE ")  # the prepared statement, as the server runs it
-        cursor = conn.connection.dbapi_connection.cursor()
-        cursor.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + sql)
-        (plan,) = cursor.fetchone()[0]
+        plan = explain_as_served(conn, statement, params)
         conn.exec_driver_sql("DELETE FROM live_sessions WHERE token LIKE 'plan-%%'")
         return rows, plan
 
