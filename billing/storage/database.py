@@ -161,6 +161,8 @@ class Database:
                 hot = HotConnection(conn, self._plans, self._prepare)
                 self._held.busy = True
                 try:
+                    if self._prepare and _replan_due(conn.connection.info):
+                        hot.replan()
                     result = work(cast(Connection, hot))
                     hot.commit()
                 except BaseException:
@@ -231,6 +233,22 @@ class Database:
 
 # ---------------------------------------------------------------------------- the hot path
 _HOT: dict[int, Executable] = {}
+
+#: A connection's prepared statements are planned again after its 256th transaction, then
+#: after twice as many each time, up to about 16 million (see :meth:`HotConnection.replan`).
+REPLAN_FIRST = 256
+REPLAN_LAST = 1 << 24
+
+
+def _replan_due(info: dict[str, Any]) -> bool:
+    """Whether the connection's transactions have doubled since its prepared statements were
+    planned (counted in the connection's ``info``); see :meth:`HotConnection.replan`."""
+    runs = info.get("prepaid_runs", 0) + 1
+    info["prepaid_runs"] = runs
+    if runs < info.get("prepaid_replan_at", REPLAN_FIRST) or runs > REPLAN_LAST:
+        return False
+    info["prepaid_replan_at"] = runs * 2
+    return True
 
 
 def hot(statement: E) -> E:
@@ -447,6 +465,22 @@ class HotConnection:
             self.execute(statement, params)
         else:
             self._pending.append(self._mogrify(plan, params))
+
+    def replan(self) -> None:
+        """Drop this connection's prepared statements, before the transaction sends anything:
+        each is prepared and planned again at its next use.
+
+        A generic plan is made once, with the statistics of its moment, and kept until the
+        table is analyzed again. A plan made while ``live_sessions`` was young (a new
+        installation's first calls) may scan it, and the table can grow a hundredfold in the
+        minute before autovacuum analyzes it. A new plan takes the table's size from its file
+        as it is now, so planning again each time the connection's transactions double keeps
+        every plan within about twice the size it was made for. It costs a ``DEALLOCATE`` and
+        a ``PREPARE`` per statement, seventeen times in the connection's first sixteen million
+        transactions, then never again.
+        """
+        if self._conn.connection.info.pop("prepaid_prepared", None):
+            self._run(b"DEALLOCATE ALL")
 
     def commit(self) -> None:
         """Send what waits and ``COMMIT``, in one message (nothing when nothing was sent)."""

@@ -24,6 +24,7 @@ from store_support import (
     store_fixture,
 )
 
+from billing.storage.database import _replan_due
 from billing.storage.store import BATCH, SessionPolicy, Store
 
 serials = itertools.count(7_100_000_001)
@@ -39,9 +40,8 @@ def test_the_card_locks_find_a_calls_card_by_its_token_whatever_the_statistics(
     while ``young`` calls had ever been made, then run with twenty thousand more (not yet
     analyzed), the lookup by token must still be an index scan per token: a join that scans
     the whole table (what PostgreSQL made of it with 875 calls in the benchmark) reads them
-    all in every batch (about 420 pages here, up to 900 calls; under 400 calls the index
-    scan is planned as a scan of the table too, until autovacuum analyzes it, after 50 calls
-    and a tenth of the table)."""
+    all in every batch (about 420 pages here, up to 900 calls; under 400 calls the lookup is
+    planned as a scan of the table too, until the connection plans again, below)."""
     nas = nas_id(store)
     by_pin = next(serials)
     by_pin_id = add_card(store, by_pin, Decimal("5.00"))
@@ -68,3 +68,58 @@ def test_the_card_locks_find_a_calls_card_by_its_token_whatever_the_statistics(
     rows, plan = store.db.run(explain)
     assert sorted(row.id for row in rows) == sorted([by_pin_id, busy])
     assert plan_buffers(plan["Plan"]) < 50, plan
+
+
+def test_plans_made_on_a_young_table_are_made_again_as_the_transactions_double(
+    store: Store,
+) -> None:
+    """Planned while 50 calls had ever been made, the same lookup scans the table: too few
+    for any statement shape to help. The connection plans its statements again when its
+    transactions have doubled; the new plan takes the table's size from its file (20,000
+    calls more, still not analyzed) and reads a few pages."""
+    nas = nas_id(store)
+    by_pin = next(serials)
+    by_pin_id = add_card(store, by_pin, Decimal("5.00"))
+    busy = add_card(store, next(serials), Decimal("5.00"))
+    with store.db.engine.connect() as conn:
+        conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+        conn.exec_driver_sql("TRUNCATE live_sessions CASCADE")
+        conn.exec_driver_sql(calls_sql(busy, nas, "closed", 50))
+        conn.exec_driver_sql("VACUUM ANALYZE live_sessions")
+    statement = BATCH[True].locks[frozenset({"pin_hashes", "tokens"})]
+    params = {
+        "pin_hashes": [store._hash_pin(pin_of(by_pin))],
+        "tokens": ["plan-started-7", "plan-started-19999"],
+    }
+
+    def plan_now(conn: Any) -> None:
+        conn.replan()  # as after a doubling: planned at the next use, with these statistics
+        conn.execute(statement, params).all()
+
+    def explain(conn: Any) -> tuple[list[Any], int]:
+        rows = conn.execute(statement, params).all()
+        return rows, plan_buffers(explain_as_served(conn, statement, params)["Plan"])
+
+    store.db.run(plan_now)
+    with store.db.engine.connect() as conn:
+        conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+        conn.exec_driver_sql(calls_sql(busy, nas, "started", 20_000))
+    try:
+        rows, stale = store.db.run(explain)
+        assert sorted(row.id for row in rows) == sorted([by_pin_id, busy])
+        assert stale > 300  # the young plan, still in use: the table read whole
+        for _ in range(1_000):  # the connection's transactions double at least once
+            store.db.run(lambda conn: conn.execute(statement, params).all())
+        rows, fresh = store.db.run(explain)
+        assert sorted(row.id for row in rows) == sorted([by_pin_id, busy])
+        assert fresh < 50, fresh
+    finally:
+        with store.db.engine.connect() as conn:
+            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+            conn.exec_driver_sql("DELETE FROM live_sessions WHERE token LIKE 'plan-started-%%'")
+
+
+def test_the_plans_are_made_again_at_each_doubling_then_no_more() -> None:
+    info: dict[str, Any] = {}
+    due = [run for run in range(1, (1 << 24) + 10_000) if _replan_due(info)]
+    assert due == [256 << k for k in range(17)]  # 256, 512, ... 16,777,216
