@@ -32,6 +32,22 @@ serials = itertools.count(7_100_000_001)
 store = store_fixture(SessionPolicy(), backends=("postgres",))
 
 
+def _young(store: Store, calls: int) -> tuple[int, int, int, int]:
+    """``live_sessions`` as young as a new table, with ``calls`` finished calls, vacuumed and
+    analyzed; a card named by PIN and one busy card. Returns the NAS's id, the PIN card's
+    serial and id, and the busy card's id."""
+    nas = nas_id(store)
+    by_pin = next(serials)
+    by_pin_id = add_card(store, by_pin, Decimal("5.00"))
+    busy = add_card(store, next(serials), Decimal("5.00"))
+    with store.db.engine.connect() as conn:
+        conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+        conn.exec_driver_sql("TRUNCATE live_sessions CASCADE")
+        conn.exec_driver_sql(calls_sql(busy, nas, "closed", calls))
+        conn.exec_driver_sql("VACUUM ANALYZE live_sessions")
+    return nas, by_pin, by_pin_id, busy
+
+
 @pytest.mark.parametrize("young", [400, 900, 3000])
 def test_the_card_locks_find_a_calls_card_by_its_token_whatever_the_statistics(
     store: Store, young: int
@@ -42,20 +58,11 @@ def test_the_card_locks_find_a_calls_card_by_its_token_whatever_the_statistics(
     the whole table (what PostgreSQL made of it with 875 calls in the benchmark) reads them
     all in every batch (about 420 pages here, up to 900 calls; under 400 calls the lookup is
     planned as a scan of the table too, until the connection plans again, below)."""
-    nas = nas_id(store)
-    by_pin = next(serials)
-    by_pin_id = add_card(store, by_pin, Decimal("5.00"))
-    busy = add_card(store, next(serials), Decimal("5.00"))
-    with store.db.engine.connect() as conn:
-        conn = conn.execution_options(isolation_level="AUTOCOMMIT")
-        conn.exec_driver_sql("TRUNCATE live_sessions CASCADE")  # as young as a new table
-        conn.exec_driver_sql(calls_sql(busy, nas, "closed", young))
-        conn.exec_driver_sql("VACUUM ANALYZE live_sessions")
+    nas, by_pin, by_pin_id, busy = _young(store, young)
     statement = BATCH[True].locks[frozenset({"pin_hashes", "tokens"})]
 
     def explain(conn: Any) -> tuple[list[Any], dict[str, Any]]:
-        conn.exec_driver_sql("DEALLOCATE ALL")  # plan afresh, with these statistics
-        conn.connection.info.pop("prepaid_prepared", None)
+        conn.replan()  # planned afresh at the next use, with these statistics
         planned = {"pin_hashes": [store._hash_pin(pin_of(by_pin))], "tokens": ["none"]}
         conn.execute(statement, planned).all()  # prepared and planned now
         conn.exec_driver_sql(calls_sql(busy, nas, "started", 20_000))
@@ -77,15 +84,7 @@ def test_plans_made_on_a_young_table_are_made_again_as_the_transactions_double(
     for any statement shape to help. The connection plans its statements again when its
     transactions have doubled; the new plan takes the table's size from its file (20,000
     calls more, still not analyzed) and reads a few pages."""
-    nas = nas_id(store)
-    by_pin = next(serials)
-    by_pin_id = add_card(store, by_pin, Decimal("5.00"))
-    busy = add_card(store, next(serials), Decimal("5.00"))
-    with store.db.engine.connect() as conn:
-        conn = conn.execution_options(isolation_level="AUTOCOMMIT")
-        conn.exec_driver_sql("TRUNCATE live_sessions CASCADE")
-        conn.exec_driver_sql(calls_sql(busy, nas, "closed", 50))
-        conn.exec_driver_sql("VACUUM ANALYZE live_sessions")
+    nas, by_pin, by_pin_id, busy = _young(store, 50)
     statement = BATCH[True].locks[frozenset({"pin_hashes", "tokens"})]
     params = {
         "pin_hashes": [store._hash_pin(pin_of(by_pin))],
