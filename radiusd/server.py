@@ -383,8 +383,7 @@ class RadiusServer:
         self.batch_size = 64
         self.concurrent_batches = 0  # 0: on the reactor thread
         self._drop_log = DropLog(reactor.seconds)
-        self._run_call: Any = None  # the reactor-thread batch scheduled, if any
-        self._flush_call: Any = None  # the flush of the shared replies scheduled, if any
+        self._run_call: Any = None  # the reactor-thread batch (or flush) scheduled, if any
         #: How long the last reactor-thread batch held the reactor, when that was long enough to
         #: matter (``BLOCKED_SECONDS``), until the reactor's pass that reads what waited ends;
         #: and how many such batches there have been.
@@ -471,9 +470,15 @@ class RadiusServer:
             d.addBoth(self._batch_done, batch)
 
     def _run_here(self) -> None:
-        """One batch on the reactor thread (``concurrent_batches = 0``)."""
+        """One batch on the reactor thread (``concurrent_batches = 0``).
+
+        After each batch this runs once more, in the reactor's next pass: if that pass read
+        requests, their batch takes the replies' shared copies along with its claims; if not,
+        the copies go now (a pass that reads nothing is the reactor's idle moment)."""
         self._run_call = None
         if not self._queue:
+            if self.handler.shared_replies is not None:
+                self.handler.shared_replies.flush()
             return
         batch = self._take()
         began = self.monotonic()
@@ -493,15 +498,8 @@ class RadiusServer:
                 # pass of delayed calls, after the pass of reads that takes up what waited.
                 self.reactor.callLater(0, self._unblock, self._stalls)
             self._batch_done(None, batch)
-            if self.handler.shared_replies is not None and self._flush_call is None:
-                self._flush_call = self.reactor.callLater(0, self._flush)
-
-    def _flush(self) -> None:
-        """After a batch, in the reactor's next pass: the replies' shared copies go now, unless
-        that pass read requests, whose batch takes them along with its claims."""
-        self._flush_call = None
-        if not self._queue and self.handler.shared_replies is not None:
-            self.handler.shared_replies.flush()
+            if self.handler.shared_replies is not None and self._run_call is None:
+                self._run_call = self.reactor.callLater(0, self._run_here)
 
     def _unblock(self, stalls: int) -> None:
         if stalls == self._stalls:  # no batch held the reactor long since

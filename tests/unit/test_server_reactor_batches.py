@@ -30,9 +30,10 @@ class Reactor:
     def seconds(self) -> float:
         return self.now
 
-    def callLater(self, delay: float, f: Any, *args: Any) -> None:  # noqa: N802
+    def callLater(self, delay: float, f: Any, *args: Any) -> object:  # noqa: N802
         assert delay == 0
         self.calls.append((f, args))
+        return object()  # stands for Twisted's IDelayedCall
 
     def advance(self, seconds: float) -> None:
         """One pass of delayed calls."""
