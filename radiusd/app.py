@@ -42,11 +42,11 @@ def throttle_policy(settings: Settings) -> ThrottlePolicy:
 
 
 def listen_udp(
-    reactor: Any, reuse_port: bool, port: int, protocol: Any, interface: str, workers: int = 1
+    reactor: Any, reuse_port: bool, port: int, protocol: Any, interface: str, spread: int = 1
 ) -> Any:
     """Listen on UDP; with ``reuse_port`` several processes share the port (SO_REUSEPORT).
 
-    With more than one worker the port's datagrams are spread over them one by one (see
+    With ``spread`` > 1 the port's datagrams are spread one by one over that many workers (see
     :mod:`radiusd.reuseport`); where the kernel cannot, by flow, and a warning says so.
     """
     if not reuse_port:
@@ -56,9 +56,9 @@ def listen_udp(
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((interface, port))
-        if workers > 1:
+        if spread > 1:
             try:
-                spread_per_datagram(sock, workers)
+                spread_per_datagram(sock, spread)
             except OSError as exc:
                 log.warning("server.spread_by_flow", port=port, error=exc.strerror or str(exc))
         sock.setblocking(False)
@@ -192,7 +192,7 @@ def start(settings: Settings, reactor: Any, worker: int = 0) -> Running:
                     port,
                     RadiusProtocol(server, kind),
                     interface=bind,
-                    workers=spread,
+                    spread=spread,
                 )
             )
         metrics_port = None
@@ -200,9 +200,11 @@ def start(settings: Settings, reactor: Any, worker: int = 0) -> Running:
             root = Resource()
             # prometheus-client's resource is a WSGIResource, an IResource at run time
             root.putChild(b"metrics", MetricsResource(registry=metrics.registry))  # type: ignore[arg-type]
-            port = int(settings["metrics"]["port"])
+            first = int(settings["metrics"]["port"])  # 0: any free port
             metrics_port = reactor.listenTCP(
-                port + worker if port else 0, Site(root), interface=str(settings["metrics"]["bind"])
+                first + worker if first else 0,
+                Site(root),
+                interface=str(settings["metrics"]["bind"]),
             )
     except BaseException:
         for listener in listening:
