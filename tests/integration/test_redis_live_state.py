@@ -138,5 +138,5 @@ def test_replies_put_later_go_with_the_next_command_or_a_flush(
     assert other.reply_get("c") is None
     state.flush()
     assert other.reply_get("c") == b"\x02c"
-    state.flush()  # nothing waits: no command sent, nothing read
+    state.flush()  # nothing waits: the connection stays in step for the next command
     assert state.reply_get("c") == b"\x02c"
