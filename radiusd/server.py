@@ -150,7 +150,7 @@ class Handler:
     def handle_batch(self, jobs: list[Job], defer_replies: bool = False) -> list[JobResult]:
         """``defer_replies`` (batches on the reactor thread): the shared cache's copies of the
         replies go with the next batch's claims, or when the reactor finds nothing more to do
-        (:meth:`RadiusServer._flush`), instead of in a round trip of their own before the
+        (:meth:`RadiusServer._run_here`), instead of in a round trip of their own before the
         replies are sent. Not on a worker thread, whose next command may be long in coming."""
         results: list[JobResult | None] = [None] * len(jobs)
         now = self.clock()
