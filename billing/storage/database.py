@@ -322,6 +322,50 @@ class _Plan:
         None  # their result processors, once the driver's types are known
     )
     packed: _Plan | None = None  # the same statement with its parameters in one (see _pack)
+    many: _Many | None = None  # the packed statement for several rows at once (see _many)
+
+
+@dataclass(slots=True)
+class _Many:
+    """A packed ``INSERT`` or ``UPDATE`` by id for several rows in one execution: its one
+    ``jsonb`` parameter is an array of packed rows (see :meth:`HotConnection.defer`)."""
+
+    plan: _Plan
+    writes: frozenset[str]  # the tables it writes
+    creates: frozenset[str]  # the tables it inserts rows into
+    parents: frozenset[str]  # the tables that the rows it inserts refer to
+    key: int | None  # an UPDATE's: the id's position in a row; rows of one execution differ in it
+    shared: tuple[int, ...]  # an INSERT's values outside its rows: equal in one execution
+
+    def conflicts(self, other: _Many) -> bool:
+        """Whether the two cannot change order: they write the same table, or one inserts
+        rows the other's rows may refer to."""
+        return bool(
+            self.writes & other.writes
+            or self.creates & other.parents
+            or other.creates & self.parents
+        )
+
+
+@dataclass(slots=True)
+class _Rows:
+    """Deferred writes of one statement, sent as one execution."""
+
+    plan: _Plan  # the statement's plan (its ``many`` is set)
+    rows: list[list[Any]]  # packable values (see _packable), in the order deferred
+    keys: set[Any]  # an UPDATE's ids
+
+    def take(self, row: list[Any]) -> bool:
+        """Add ``row`` if it may go in the same execution."""
+        many = cast(_Many, self.plan.many)
+        if many.key is not None:
+            if row[many.key] in self.keys:
+                return False  # the same row twice: the second update must come after
+            self.keys.add(row[many.key])
+        elif any(row[i] != self.rows[0][i] for i in many.shared):
+            return False
+        self.rows.append(row)
+        return True
 
 
 #: What a packed parameter's values may be, and how each goes into the JSON array; a value of
@@ -335,7 +379,8 @@ _JSON_VALUE: dict[type, Callable[[Any], Any] | None] = {
     Decimal: str,
     date: date.isoformat,
 }
-#: Minimum parameters for a statement to be packed: below it, the saving is noise.
+#: Minimum parameters for a statement to be packed: below it, the saving is noise (unless its
+#: deferred writes may go as one execution, see :func:`_many`).
 PACK_MIN = 4
 _UNPACKABLE = object()
 
@@ -424,7 +469,7 @@ class HotConnection:
         self._prepare = prepare
         self._cursor: Any = None
         self._begun = False  # BEGIN sent
-        self._pending: list[bytes] = []  # deferred writes, ready to send
+        self._pending: list[bytes | _Rows] = []  # deferred writes, in order
 
     def __getattr__(self, name: str) -> Any:
         # Anything else used on the connection runs inside the transaction, after what waits.
@@ -459,12 +504,39 @@ class HotConnection:
     def defer(self, statement: Executable, params: dict[str, Any]) -> None:
         """Run a write whose result is not read: with the next statement, or at the commit.
 
-        Rows it returns (an INSERT's implicit ``RETURNING`` of its key) are not read."""
+        Rows it returns (an INSERT's implicit ``RETURNING`` of its key) are not read.
+
+        Writes of one packed ``INSERT``, or of one ``UPDATE`` by id, go as one execution for
+        all their rows (:func:`_many`): a batch's grants are one ``INSERT``, its Stops' CDRs
+        another. PostgreSQL starts and ends a statement once instead of once per row, which
+        took 43 to 51 µs of its CPU per inserted grant against 70 to 75 row by row, and the
+        server quotes one JSON text. A write joins an earlier one of its statement when every
+        write between them may change places with it (:meth:`_Many.conflicts`: another table,
+        and neither inserts rows the other's rows refer to); any other deferred statement
+        keeps its place between them. Each table's writes therefore keep their order, and an
+        ``UPDATE`` of a row that the execution updates already starts an execution of its
+        own, after it. A write that cannot be packed goes on its own, in its place.
+        """
         plan = self._plan(statement, params)
         if plan is None:
             self.execute(statement, params)
-        else:
-            self._pending.append(self._mogrify(plan, params))
+            return
+        if plan.many is not None:
+            row = _packable(self._values(plan, params))
+            if row is not None:
+                self._join(plan, plan.many, row)
+                return
+        self._pending.append(self._mogrify(plan, params))
+
+    def _join(self, plan: _Plan, many: _Many, row: list[Any]) -> None:
+        for waiting in reversed(self._pending):
+            if not isinstance(waiting, _Rows):
+                break  # nothing moves before a statement of its own
+            if waiting.plan is plan and waiting.take(row):
+                return
+            if cast(_Many, waiting.plan.many).conflicts(many):
+                break
+        self._pending.append(_Rows(plan, [row], {row[many.key]} if many.key is not None else set()))
 
     def replan(self) -> None:
         """Drop this connection's prepared statements, before the transaction sends anything:
@@ -538,16 +610,23 @@ class HotConnection:
             self._run(plan.prepare)
             prepared.add(plan.prepare)
 
-    def _mogrify(self, plan: _Plan, params: dict[str, Any]) -> bytes:
-        """The statement with its values, as PostgreSQL will receive it."""
+    def _values(self, plan: _Plan, params: dict[str, Any]) -> list[Any]:
         values = [params[n] if n in params else plan.defaults[n] for n in plan.names]
         if plan.binds is not None:
             values = [b(v) if b else v for b, v in zip(plan.binds, values, strict=True)]
+        return values
+
+    def _mogrify(self, plan: _Plan, params: dict[str, Any]) -> bytes:
+        """The statement with its values, as PostgreSQL will receive it."""
+        values = self._values(plan, params)
         if plan.packed is not None:
             packed = _pack(values)
             if packed is not None:
                 plan, values = plan.packed, [packed]
             self._prepared(plan)
+        return self._bind(plan, values)
+
+    def _bind(self, plan: _Plan, values: list[Any]) -> bytes:
         args: Any = (
             values if plan.prepare is not None else dict(zip(plan.names, values, strict=True))
         )
@@ -556,9 +635,18 @@ class HotConnection:
         except self._conn.dialect.loaded_dbapi.Error as exc:
             self._raise(exc, plan.sql, args)
 
+    def _rows_sql(self, rows: _Rows) -> bytes:
+        """Deferred rows of one statement as one execution (one row: the packed statement)."""
+        if len(rows.rows) == 1:
+            plan, packed = cast(_Plan, rows.plan.packed), json.dumps(rows.rows[0])
+        else:
+            plan, packed = cast(_Many, rows.plan.many).plan, json.dumps(rows.rows)
+        self._prepared(plan)
+        return self._bind(plan, [packed])
+
     def _send(self, last: bytes | None) -> Any:
         """One message: ``BEGIN`` if not yet sent, the deferred writes, then ``last``."""
-        parts = self._pending
+        parts = [p if isinstance(p, bytes) else self._rows_sql(p) for p in self._pending]
         if not self._begun:
             parts.insert(0, b"BEGIN")
         if last is not None:
@@ -622,18 +710,86 @@ class HotConnection:
             binds,
         )
         casts = [_pg_cast(compiled.binds[n].type, dialect) for n in order]
-        if len(order) >= PACK_MIN and None not in casts:
+        if None not in casts:
             unpacked = {n: f"(($1->>{i})::{casts[i]})" for i, n in enumerate(order)}
-            plan.packed = _prepared_plan(
-                re.sub(r"%\((\w+)\)s", lambda m: unpacked[m.group(1)], sql),
-                ["packed"],
-                {},
-                row,
-                types,
-                None,
-                declare="jsonb",
-            )
+            body = re.sub(r"%\((\w+)\)s", lambda m: unpacked[m.group(1)], sql)
+            plan.many = _many(statement, body, row, types)
+            if len(order) >= PACK_MIN or plan.many is not None:
+                plan.packed = _prepared_plan(
+                    body, ["packed"], {}, row, types, None, declare="jsonb"
+                )
         return plan
+
+
+#: A packed expression: ``(($1->>3)::numeric)``.
+_PACKED_VALUE = r"\(\(\$1->>(\d+)\)::[a-z ]+\)"
+_PACKED_VALUES = re.compile(rf"{_PACKED_VALUE}(?:, {_PACKED_VALUE})*")
+_UPDATE_BY_ID = re.compile(
+    r"UPDATE (?P<table>\w+) SET (?P<set>.+) "
+    r"WHERE (?P=table)\.id = \(\(\$1->>(?P<key>\d+)\)::bigint\)"
+)
+_ROW = "paaa_row"
+
+
+def _many(
+    statement: Executable, body: str, row: type[_Row] | None, types: list[Any]
+) -> _Many | None:
+    """The packed statement ``body`` for several rows at once, when it is an ``INSERT`` of one
+    row (``VALUES``, possibly inside a ``WITH``) or an ``UPDATE`` of one row by its id;
+    None for any other.
+
+    The parameter becomes an array of rows, read with ``jsonb_array_elements``: an
+    ``INSERT``'s ``VALUES (...)`` becomes ``SELECT ... FROM`` the rows, and any value outside
+    it is taken from the first row (rows whose such values differ go in separate executions);
+    an ``UPDATE`` joins the rows by id, and also names its ids as ``id = ANY (...)``, so the
+    table is read by its primary key whatever the estimate of the rows' number.
+    """
+    table = getattr(statement, "table", None)
+    metadata = getattr(table, "metadata", None)
+    if metadata is None:
+        return None
+    rows = f"jsonb_array_elements($1) AS {_ROW}(v)"
+
+    def of_row(sql: str) -> str:
+        return sql.replace("$1->>", f"{_ROW}.v->>")
+
+    def of_first(sql: str) -> str:
+        return sql.replace("$1->>", "$1->0->>")
+
+    def parents(names: set[str]) -> frozenset[str]:
+        return frozenset(
+            fk.column.table.name for name in names for fk in metadata.tables[name].foreign_keys
+        )
+
+    update = _UPDATE_BY_ID.fullmatch(body)
+    if update is not None:
+        name, sets, key = update["table"], update["set"], int(update["key"])
+        if name not in metadata.tables or re.search(r"(?:^|, )id=", sets):
+            return None
+        # Built from the compiled statement's text; every value is in the one parameter.
+        ids = f"ARRAY(SELECT ((v->>{key})::bigint) FROM jsonb_array_elements($1) AS r(v))"  # noqa: S608
+        joined = f"{name}.id = (({_ROW}.v->>{key})::bigint) AND {name}.id = ANY ({ids})"
+        many = f"UPDATE {name} SET {of_row(sets)} FROM {rows} WHERE {joined}"  # noqa: S608
+        plan = _prepared_plan(many, ["packed"], {}, row, types, None, declare="jsonb")
+        return _Many(plan, frozenset({name}), frozenset(), parents({name}), key, ())
+    created = set(re.findall(r"INSERT INTO (\w+) ", body))
+    if not body.lstrip("(").startswith(("INSERT INTO ", "WITH ")) or not created:
+        return None
+    if body.count("VALUES (") != 1 or not created <= set(metadata.tables):
+        return None
+    start = body.index("VALUES (") + len("VALUES (")
+    depth, end = 1, start
+    while depth:
+        depth += {"(": 1, ")": -1}.get(body[end], 0)
+        end += 1
+    values = body[start : end - 1]
+    if not _PACKED_VALUES.fullmatch(values):
+        return None
+    before, after = body[: start - len("VALUES (")], body[end:]
+    shared = tuple(sorted({int(i) for i in re.findall(r"\$1->>(\d+)", before + after)}))
+    many = f"{of_first(before)}SELECT {of_row(values)} FROM {rows}{of_first(after)}"  # noqa: S608
+    plan = _prepared_plan(many, ["packed"], {}, row, types, None, declare="jsonb")
+    return _Many(plan, frozenset(created), frozenset(created), parents(created), None, shared)
 
 
 def _prepared_plan(
@@ -659,6 +815,12 @@ def _pack(values: list[Any]) -> str | None:
     psycopg2 adapts each parameter on its own (about 2 µs each): the 19 of a grant took 36 µs
     of the server's CPU, one JSON text 9.5 µs, and PostgreSQL spends no more on reading them
     back (52 against 54 µs per insert of a grant). Numbers and times go as text, exactly."""
+    out = _packable(values)
+    return None if out is None else json.dumps(out)
+
+
+def _packable(values: list[Any]) -> list[Any] | None:
+    """The values as they go into the JSON array (see :func:`_pack`), or None."""
     out = []
     for value in values:
         convert = _JSON_VALUE.get(type(value), _UNPACKABLE)
@@ -670,7 +832,7 @@ def _pack(values: list[Any]) -> str | None:
             out.append(value.isoformat())
         else:
             out.append(convert(value))  # type: ignore[operator]
-    return json.dumps(out)
+    return out
 
 
 def _binds(compiled: Any, names: list[str]) -> list[Any] | None:

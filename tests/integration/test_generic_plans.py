@@ -24,8 +24,8 @@ from store_support import (
     store_fixture,
 )
 
-from billing.storage.database import _replan_due
-from billing.storage.store import BATCH, SessionPolicy, Store
+from billing.storage.database import _replan_due, _Rows
+from billing.storage.store import _UPDATE_BY_ID, BATCH, SessionPolicy, Store, _live
 
 serials = itertools.count(7_100_000_001)
 
@@ -75,6 +75,58 @@ def test_the_card_locks_find_a_calls_card_by_its_token_whatever_the_statistics(
     rows, plan = store.db.run(explain)
     assert sorted(row.id for row in rows) == sorted([by_pin_id, busy])
     assert plan_buffers(plan["Plan"]) < 50, plan
+
+
+@pytest.mark.parametrize("young", [400, 3000])
+def test_an_update_of_several_calls_at_once_reads_them_by_id_whatever_the_statistics(
+    store: Store, young: int
+) -> None:
+    """The deferred updates of a batch's calls go as one execution, which joins its rows to
+    ``live_sessions`` by id. Planned while ``young`` calls had ever been made, then run with
+    twenty thousand more (not yet analyzed), it must read the calls it updates by their key,
+    not the whole table (over 300 pages)."""
+    nas, _, _, busy = _young(store, young)
+    statement = _UPDATE_BY_ID[_live]
+
+    def rows(ids: list[int]) -> _Rows:
+        update = {"state": "started", "last_update_at": EPOCH_TEXT}
+        plan = conn_plan[0]
+        values = [[update[n] if n in update else i for n in plan.names] for i in ids]
+        return _Rows(plan, values, set(ids))
+
+    conn_plan: list[Any] = []
+
+    def explain(conn: Any) -> tuple[int, dict[str, Any]]:
+        conn.replan()
+        plan = conn._plan(statement, {"b_id": 0, "state": "", "last_update_at": None})
+        conn_plan.append(plan)
+        conn._run(conn._rows_sql(rows([-1, -2])))  # prepared and planned now
+        conn.exec_driver_sql(calls_sql(busy, nas, "started", 20_000))
+        ids = [
+            row[0]
+            for row in conn.exec_driver_sql(
+                "SELECT id FROM live_sessions WHERE token IN "
+                "('plan-started-7', 'plan-started-19999')"
+            )
+        ]
+        sql = conn._rows_sql(rows(ids)).decode()
+        assert sql.startswith("EXECUTE ") and "[[" in sql  # the rows, in one execution
+        cursor = conn.connection.dbapi_connection.cursor()
+        cursor.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + sql)
+        (plan,) = cursor.fetchone()[0]
+        updated = conn.exec_driver_sql(
+            "SELECT count(*) FROM live_sessions WHERE state = 'started' "
+            "AND last_update_at = '2030-01-01 12:00:00'"
+        ).scalar_one()
+        conn.exec_driver_sql("DELETE FROM live_sessions WHERE token LIKE 'plan-started-%%'")
+        return updated, plan
+
+    updated, plan = store.db.run(explain)
+    assert updated == 2
+    assert plan_buffers(plan["Plan"]) < 50, plan
+
+
+EPOCH_TEXT = "2030-01-01T12:00:00"
 
 
 def test_plans_made_on_a_young_table_are_made_again_as_the_transactions_double(

@@ -30,7 +30,7 @@ from store_support import (
 
 from billing.calls import Accepted, AcctEvent, AcctStatus, Rejected
 from billing.domain import RejectReason
-from billing.storage.database import Database, HotConnection, _pack
+from billing.storage.database import Database, HotConnection, _Many, _pack, _Plan, _Rows
 from billing.storage.rates import _RATES_OF_GROUP
 from billing.storage.store import (
     _UPDATE_BY_ID,
@@ -333,7 +333,8 @@ def test_a_batch_takes_as_many_round_trips_as_one_request(
     store: Store, counted: list[list[str]]
 ) -> None:
     """Five authorizations and the Stops of two calls in one batch: three messages in all, as
-    for one authorization, whatever their number."""
+    for one authorization, whatever their number; and one execution per statement, whatever
+    the number of rows it writes."""
     nas = nas_id(store)
     cards = [next(serials) for _ in range(7)]
     for serial in cards:
@@ -361,9 +362,119 @@ def test_a_batch_takes_as_many_round_trips_as_one_request(
     assert [result.outcome for result in accts] == ["billed", "billed"]  # type: ignore[union-attr]
     assert [m for m in counted if m[0] != "PREPARE"] == [
         ["BEGIN", "EXECUTE", "EXECUTE"],  # every card of the batch, locked; then read
-        ["EXECUTE"] * 6,  # the five grants; both Stops' calls, locked
-        ["EXECUTE"] * 6 + ["COMMIT"],  # per Stop: the debit, CDR and ledger, the call closed
+        ["EXECUTE", "EXECUTE"],  # the five grants; both Stops' calls, locked
+        ["EXECUTE"] * 3 + ["COMMIT"],  # both debits, both CDRs and ledger entries, both calls
     ]
+
+
+def test_a_card_debited_by_three_stops_of_one_batch_is_updated_three_times_in_order(
+    store: Store, counted: list[list[str]]
+) -> None:
+    """The Stops of three calls on one card in one batch: their CDRs go in one execution, their
+    calls' updates in another, but the card's balance, written after each Stop, in three, one
+    after the other, so the last one stands: the balance is the three debits' sum."""
+    serial = next(serials)
+    card_id = add_card(store, serial, Decimal("50.00"))
+    nas = nas_id(store)
+    calls = [
+        store.authorize(pin_request(nas, serial, f"t-{serial}-{leg}"), EPOCH) for leg in range(3)
+    ]
+    assert all(isinstance(granted, Accepted) for granted in calls), calls
+    stops = [
+        (
+            AcctEvent(
+                nas_id=nas,
+                status=AcctStatus.STOP,
+                event_at=EPOCH,
+                token=granted.token,  # type: ignore[union-attr]
+                acct_session_id=f"t-{serial}-{leg}",
+                session_seconds=125,
+            ),
+            EPOCH,
+        )
+        for leg, granted in enumerate(calls)
+    ]
+    counted.clear()
+    _, accts = store.process([], stops)
+    assert [result.outcome for result in accts] == ["billed"] * 3  # type: ignore[union-attr]
+    assert [m for m in counted if m[0] != "PREPARE"] == [
+        ["BEGIN", "EXECUTE", "EXECUTE"],  # the card locked by the tokens; the calls locked
+        # The first debit, the three CDRs and ledger entries, the three calls closed, then
+        # the second and third debits.
+        ["EXECUTE"] * 5 + ["COMMIT"],
+    ]
+    with store.db.engine.connect() as conn:
+        balance, cdrs, ledger, open_calls = conn.execute(
+            text(
+                "SELECT c.balance, (SELECT count(*) FROM cdrs d WHERE d.card_id = c.id),"
+                " (SELECT sum(amount) FROM ledger_entries e WHERE e.card_id = c.id),"
+                " (SELECT count(*) FROM live_sessions s"
+                "  WHERE s.card_id = c.id AND s.state <> 'closed')"
+                " FROM cards c WHERE c.id = :id"
+            ),
+            {"id": card_id},
+        ).one()
+    assert (balance, cdrs, ledger, open_calls) == (
+        Decimal("49.4090"),
+        3,
+        Decimal("-0.5910"),
+        0,
+    )
+
+
+def test_writes_change_places_only_with_writes_they_cannot_affect() -> None:
+    """Which deferred writes a later one may join across: another table's updates, and
+    inserts whose rows neither refers to the other's."""
+    grant = _Many(
+        _plan(),
+        frozenset({"live_sessions"}),
+        frozenset({"live_sessions"}),
+        frozenset({"cards", "nas_clients"}),
+        None,
+        (),
+    )
+    debit = _Many(_plan(), frozenset({"cards"}), frozenset(), frozenset({"batches"}), 0, ())
+    cdr = _Many(
+        _plan(),
+        frozenset({"cdrs", "ledger_entries"}),
+        frozenset({"cdrs", "ledger_entries"}),
+        frozenset({"cards", "cdrs"}),
+        None,
+        (),
+    )
+    close = _Many(
+        _plan(),
+        frozenset({"live_sessions"}),
+        frozenset(),
+        frozenset({"cards", "nas_clients"}),
+        1,
+        (),
+    )
+    card_insert = _Many(
+        _plan(), frozenset({"cards"}), frozenset({"cards"}), frozenset({"batches"}), None, ()
+    )
+    assert not debit.conflicts(cdr) and not cdr.conflicts(debit)
+    assert not cdr.conflicts(close) and not grant.conflicts(cdr)
+    assert grant.conflicts(close) and close.conflicts(grant)  # one table: order kept
+    assert cdr.conflicts(card_insert) and card_insert.conflicts(cdr)  # its rows refer to them
+    assert debit.conflicts(card_insert)
+
+
+def test_rows_of_one_execution_differ_in_their_id_and_agree_outside_their_values() -> None:
+    update = _Plan("", None, [], {}, None, [], None)
+    update.many = _Many(_plan(), frozenset({"cards"}), frozenset(), frozenset(), 1, ())
+    rows = _Rows(update, [["1.00", 7]], {7})
+    assert rows.take(["2.00", 8]) and not rows.take(["3.00", 7])  # card 7 again: after
+    assert rows.rows == [["1.00", 7], ["2.00", 8]]
+    insert = _Plan("", None, [], {}, None, [], None)
+    insert.many = _Many(_plan(), frozenset({"cdrs"}), frozenset({"cdrs"}), frozenset(), None, (2,))
+    rows = _Rows(insert, [["a", "1.00", 0]], set())
+    assert rows.take(["b", "2.00", 0]) and not rows.take(["c", "3.00", 1])
+    assert [row[0] for row in rows.rows] == ["a", "b"]
+
+
+def _plan() -> _Plan:
+    return _Plan("", None, [], {}, None, [], None)
 
 
 def test_deferred_writes_run_in_order_inside_the_transaction(store: Store) -> None:
