@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 from billing.domain import RejectReason
 
+_EPOCH = datetime(1970, 1, 1)  # noqa: DTZ001 - storage times are naive UTC
+
 
 def utc_from_epoch(seconds: float) -> datetime:
-    """A naive UTC datetime from an epoch timestamp (the reactor's clock)."""
-    return datetime.fromtimestamp(seconds, UTC).replace(tzinfo=None)
+    """A naive UTC datetime from an epoch timestamp (the reactor's clock): the same value as
+    ``datetime.fromtimestamp(seconds, UTC)`` without its zone, in about half the time (each
+    request takes one or two)."""
+    return _EPOCH + timedelta(seconds=seconds)
 
 
 @dataclass(frozen=True, slots=True)

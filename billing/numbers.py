@@ -15,6 +15,7 @@ This module is pure: no I/O, no clock reads, no logging.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from urllib.parse import unquote
@@ -200,8 +201,12 @@ def _user_part(raw: str) -> str:
     return unquote(user).strip()
 
 
+@functools.lru_cache(maxsize=4096)
 def normalize_number(raw: str, rules: NumberRules) -> str:
     """Return ``raw`` in international form as digits only, or "" if it is not a usable number.
+
+    A pure function, and a call's numbers come in each of its packets: the last few thousand
+    results are kept.
 
     Steps, in order:
     1. Take the user part of a SIP or TEL URI if there is one

@@ -269,7 +269,8 @@ class _Row(tuple):  # type: ignore[type-arg]
 
 
 def _row_class(keys: list[str]) -> type[_Row]:
-    names: dict[str, Any] = {"__slots__": (), "_keys": tuple(keys)}
+    # ``_fields``: the names by position, as SQLAlchemy's rows have them.
+    names: dict[str, Any] = {"__slots__": (), "_keys": tuple(keys), "_fields": tuple(keys)}
     for position, key in enumerate(keys):
         names.setdefault(key, property(operator.itemgetter(position)))
     return type("Row", (_Row,), names)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import operator
 import secrets
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -439,6 +440,18 @@ def _rate_of(session: _Changing) -> Rate:
         first_increment=session["first_increment"],
         next_increment=session["next_increment"],
         grace_seconds=session["grace_seconds"],
+    )
+
+
+_LIVE_KEYS = tuple(column.key for column in _live.c)
+
+
+def _picker(row: Any, names: Sequence[str]) -> Callable[[Any], tuple[Any, ...]]:
+    """The values of ``names`` from a row shaped as ``row`` (the same result), as a tuple:
+    by position, without a lookup by name per value."""
+    position = {name: index for index, name in enumerate(row._fields)}
+    return cast(
+        Callable[[Any], tuple[Any, ...]], operator.itemgetter(*(position[n] for n in names))
     )
 
 
@@ -880,17 +893,21 @@ class Store:
         results: list[AcctResult | None] = [None] * len(accts)
         cards: dict[int, _Changing] = {}
         calls: dict[int, _Changing] = {}
+        card_of = live_of = None  # a row's card and call values, by position (same for all)
         for index, (ev, now) in enumerate(accts):
             row = found.get(ev.token) if ev.token in fast and ev.leg != "other" else None
             if row is None or row.nas_id != ev.nas_id or ev.status not in _CALL:
                 continue
+            if card_of is None or live_of is None:
+                card_of = _picker(row, [f"of_card_{key}" for key in _ACCT_CARD_KEYS])
+                live_of = _picker(row, _LIVE_KEYS)
             card = cards.get(row.card_id)
             if card is None:
-                values = {key: getattr(row, f"of_card_{key}") for key in _ACCT_CARD_KEYS}
+                values = dict(zip(_ACCT_CARD_KEYS, card_of(row), strict=True))
                 card = cards[row.card_id] = _Changing.of(_cards, values)
             live = calls.get(row.id)
             if live is None:
-                values = {column.key: getattr(row, column.key) for column in _live.c}
+                values = dict(zip(_LIVE_KEYS, live_of(row), strict=True))
                 live = calls[row.id] = _Changing.of(_live, values)
             key = session_key(ev.nas_id, row.boot_epoch or 0, ev.acct_session_id, ev.conf_id)
             results[index] = self._apply(conn, ev, now, card, live, key)
