@@ -26,6 +26,7 @@ bench: $(BIN)/.installed
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy billing radiusd admin_cli bench schema
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .hypothesis

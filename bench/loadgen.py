@@ -460,11 +460,11 @@ class LoadGenerator:
                         if len(data) < 20:
                             res.invalid += 1
                             continue
-                        slot = by_key.get((fd, data[1]))
-                        if slot is None:
+                        replied = by_key.get((fd, data[1]))
+                        if replied is None:
                             res.invalid += 1
                             continue
-                        on_reply(slot, data)
+                        on_reply(replied, data)
                 now = clock()
                 while pending and pending[0][0] <= now:
                     _, slot, seq = pending.popleft()

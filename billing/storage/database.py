@@ -30,6 +30,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, MultipleResultsFound, NoResultFound
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql.base import Executable
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.elements import ClauseElement
 
 import schema
 
@@ -572,7 +574,7 @@ class HotConnection:
             return
         if dbapi_conn.info.transaction_status != _IDLE:
             with contextlib.suppress(self._conn.dialect.loaded_dbapi.Error):
-                with dbapi_conn.cursor() as cursor:
+                with contextlib.closing(dbapi_conn.cursor()) as cursor:
                     cursor.execute("ROLLBACK")
 
     def close(self) -> None:
@@ -687,7 +689,9 @@ class HotConnection:
         """The statement's plan, or None when it needs SQLAlchemy's execution (expanding
         parameters): then it simply runs through SQLAlchemy."""
         dialect = self._conn.dialect
-        compiled = statement.compile(dialect=dialect, column_keys=keys)  # type: ignore[call-arg]
+        compiled = cast(
+            SQLCompiler, cast(ClauseElement, statement).compile(dialect=dialect, column_keys=keys)
+        )
         if compiled.post_compile_params or compiled.literal_execute_params:
             return None
         everything = compiled.construct_params({k: None for k in keys}, _check=False)

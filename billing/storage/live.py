@@ -217,7 +217,7 @@ class RedisLiveState:
         sentinels: list[str] | None = None,
         sentinel_service: str = "",
     ) -> None:
-        options = {"socket_timeout": 0.5, "socket_connect_timeout": 0.5}
+        options: dict[str, Any] = {"socket_timeout": 0.5, "socket_connect_timeout": 0.5}
         self._redis: redis.Redis
         if sentinels:
             from redis.sentinel import Sentinel
