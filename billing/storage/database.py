@@ -260,19 +260,19 @@ def hot(statement: E) -> E:
 
 
 class _Row(tuple):  # type: ignore[type-arg]
-    """A result row: by position, by attribute, and as ``_mapping`` (like SQLAlchemy's)."""
+    """A result row: by position, by attribute, and as ``_mapping``; ``_fields`` are the names
+    by position (like SQLAlchemy's)."""
 
     __slots__ = ()
-    _keys: tuple[str, ...] = ()
+    _fields: tuple[str, ...] = ()
 
     @property
     def _mapping(self) -> dict[str, Any]:
-        return dict(zip(self._keys, self, strict=True))
+        return dict(zip(self._fields, self, strict=True))
 
 
 def _row_class(keys: list[str]) -> type[_Row]:
-    # ``_fields``: the names by position, as SQLAlchemy's rows have them.
-    names: dict[str, Any] = {"__slots__": (), "_keys": tuple(keys), "_fields": tuple(keys)}
+    names: dict[str, Any] = {"__slots__": (), "_fields": tuple(keys)}
     for position, key in enumerate(keys):
         names.setdefault(key, property(operator.itemgetter(position)))
     return type("Row", (_Row,), names)
@@ -365,7 +365,7 @@ class _Rows:
             if row[many.key] in self.keys:
                 return False  # the same row twice: the second update must come after
             self.keys.add(row[many.key])
-        elif any(row[i] != self.rows[0][i] for i in many.shared):
+        elif self.rows and any(row[i] != self.rows[0][i] for i in many.shared):
             return False
         self.rows.append(row)
         return True
@@ -539,7 +539,9 @@ class HotConnection:
                 return
             if cast(_Many, waiting.plan.many).conflicts(many):
                 break
-        self._pending.append(_Rows(plan, [row], {row[many.key]} if many.key is not None else set()))
+        rows = _Rows(plan, [], set())
+        rows.take(row)
+        self._pending.append(rows)
 
     def replan(self) -> None:
         """Drop this connection's prepared statements, before the transaction sends anything:

@@ -447,8 +447,10 @@ _LIVE_KEYS = tuple(column.key for column in _live.c)
 
 
 def _picker(row: Any, names: Sequence[str]) -> Callable[[Any], tuple[Any, ...]]:
-    """The values of ``names`` from a row shaped as ``row`` (the same result), as a tuple:
-    by position, without a lookup by name per value."""
+    """The values of ``names`` (two or more: ``itemgetter`` of one gives the value, not a
+    tuple) from a row shaped as ``row`` (the same result), by position, without a lookup by
+    name per value."""
+    assert len(names) > 1
     position = {name: index for index, name in enumerate(row._fields)}
     return cast(
         Callable[[Any], tuple[Any, ...]], operator.itemgetter(*(position[n] for n in names))

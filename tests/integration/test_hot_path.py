@@ -10,11 +10,11 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 import psycopg2.extensions
 import pytest
-from sqlalchemy import Connection, create_engine, select, text
+from sqlalchemy import Connection, create_engine, insert, select, text
 from sqlalchemy.exc import DataError, IntegrityError
 from store_support import (
     EPOCH,
@@ -38,8 +38,10 @@ from billing.storage.store import (
     CALL_FOR_UPDATE,
     CARD_LOOKUPS,
     CARD_OF_TOKEN,
+    CDR_AND_LEDGER,
     INSERT_GRANT,
     INSERT_LEDGER,
+    SECURITY_EVENT,
     SessionPolicy,
     Store,
     _cards,
@@ -422,59 +424,71 @@ def test_a_card_debited_by_three_stops_of_one_batch_is_updated_three_times_in_or
     )
 
 
-def test_writes_change_places_only_with_writes_they_cannot_affect() -> None:
-    """Which deferred writes a later one may join across: another table's updates, and
-    inserts whose rows neither refers to the other's."""
-    grant = _Many(
-        _plan(),
-        frozenset({"live_sessions"}),
-        frozenset({"live_sessions"}),
-        frozenset({"cards", "nas_clients"}),
-        None,
-        (),
+#: The parameters the store gives each statement that may go for several rows at once.
+CDR_KEYS = [
+    *("call_key", "session_key", "card_id", "nas_id", "acct_session_id", "conf_id", "leg"),
+    *("auth_method", "calling_number", "called_number", "rate_prefix", "price_per_minute"),
+    *("connection_fee", "started_at", "stopped_at", "duration_seconds", "billed_seconds"),
+    *("granted_seconds", "cost", "balance_after", "over_grant", "close_reason"),
+    *("terminate_cause", "created_at"),
+]
+
+
+def _plans(store: Store) -> dict[str, _Plan]:
+    """The plans of the statements a batch defers, as the server compiles them."""
+    card_id = add_card(store, next(serials), Decimal("5.00"))
+    wanted = {
+        "grant": (INSERT_GRANT, list(grant_of(store, card_id, "t"))),
+        "cdr": (CDR_AND_LEDGER, CDR_KEYS),
+        "debit": (_UPDATE_BY_ID[_cards], ["b_id", "balance"]),
+        "close": (_UPDATE_BY_ID[_live], ["b_id", "state", "closed_at"]),
+        "event": (SECURITY_EVENT, ["kind", "nas_id", "calling_number", "card_id", "created_at"]),
+        # Not a statement of the server's: an insert of the rows the others refer to.
+        "new card": (insert(_cards), ["serial", "batch_id", "pin_hash", "balance"]),
+    }
+    with store.db.engine.connect() as conn:
+        hot = HotConnection(conn, {}, prepare=True)
+        plans = {name: hot._compile(statement, keys) for name, (statement, keys) in wanted.items()}
+    return {name: plan for name, plan in plans.items() if plan is not None}
+
+
+def test_writes_change_places_only_with_writes_they_cannot_affect(store: Store) -> None:
+    """Which deferred writes a later one may join across, as derived from the statements
+    themselves: another table's updates, and inserts whose rows neither refers to the
+    other's."""
+    many = {name: plan.many for name, plan in _plans(store).items()}
+    assert all(many.values()), many  # each may go for several rows at once
+    grant, cdr, debit, close, event, card = (
+        cast(_Many, many[name]) for name in ("grant", "cdr", "debit", "close", "event", "new card")
     )
-    debit = _Many(_plan(), frozenset({"cards"}), frozenset(), frozenset({"batches"}), 0, ())
-    cdr = _Many(
-        _plan(),
-        frozenset({"cdrs", "ledger_entries"}),
-        frozenset({"cdrs", "ledger_entries"}),
-        frozenset({"cards", "cdrs"}),
-        None,
-        (),
-    )
-    close = _Many(
-        _plan(),
-        frozenset({"live_sessions"}),
-        frozenset(),
-        frozenset({"cards", "nas_clients"}),
-        1,
-        (),
-    )
-    card_insert = _Many(
-        _plan(), frozenset({"cards"}), frozenset({"cards"}), frozenset({"batches"}), None, ()
-    )
-    assert not debit.conflicts(cdr) and not cdr.conflicts(debit)
-    assert not cdr.conflicts(close) and not grant.conflicts(cdr)
+    for one, other in ((debit, cdr), (cdr, close), (grant, cdr), (event, grant), (debit, close)):
+        assert not one.conflicts(other) and not other.conflicts(one)
     assert grant.conflicts(close) and close.conflicts(grant)  # one table: order kept
-    assert cdr.conflicts(card_insert) and card_insert.conflicts(cdr)  # its rows refer to them
-    assert debit.conflicts(card_insert)
+    assert cdr.conflicts(card) and card.conflicts(cdr)  # a CDR's rows refer to cards
+    assert debit.conflicts(card)  # the same table
 
 
-def test_rows_of_one_execution_differ_in_their_id_and_agree_outside_their_values() -> None:
-    update = _Plan("", None, [], {}, None, [], None)
-    update.many = _Many(_plan(), frozenset({"cards"}), frozenset(), frozenset(), 1, ())
-    rows = _Rows(update, [["1.00", 7]], {7})
-    assert rows.take(["2.00", 8]) and not rows.take(["3.00", 7])  # card 7 again: after
-    assert rows.rows == [["1.00", 7], ["2.00", 8]]
-    insert = _Plan("", None, [], {}, None, [], None)
-    insert.many = _Many(_plan(), frozenset({"cdrs"}), frozenset({"cdrs"}), frozenset(), None, (2,))
-    rows = _Rows(insert, [["a", "1.00", 0]], set())
-    assert rows.take(["b", "2.00", 0]) and not rows.take(["c", "3.00", 1])
-    assert [row[0] for row in rows.rows] == ["a", "b"]
-
-
-def _plan() -> _Plan:
-    return _Plan("", None, [], {}, None, [], None)
+def test_rows_of_one_execution_differ_in_their_id_and_agree_outside_their_values(
+    store: Store,
+) -> None:
+    plans = _plans(store)
+    debit, cdr = plans["debit"], plans["cdr"]
+    at = cast(_Many, debit.many).key
+    assert at is not None and debit.names[at] == "b_id"
+    row = {name: ("1.00" if name == "balance" else 7) for name in debit.names}
+    rows = _Rows(debit, [], set())
+    assert rows.take([row[n] for n in debit.names])
+    assert rows.take([{**row, "b_id": 8}[n] for n in debit.names])
+    assert not rows.take([{**row, "balance": "3.00"}[n] for n in debit.names])  # card 7 again
+    assert len(rows.rows) == 2
+    # The CDR's ledger entry is written only for a cost other than a constant (0), which sits
+    # outside the rows' values: every row of one execution must have the same.
+    (outside,) = cast(_Many, cdr.many).shared
+    first = [f"value-{i}" for i in range(len(cdr.names))]
+    rows = _Rows(cdr, [], set())
+    assert rows.take(first) and rows.take([*first[:outside], first[outside], *first[outside + 1 :]])
+    assert not rows.take([*first[:outside], "other", *first[outside + 1 :]])
+    assert len(rows.rows) == 2
 
 
 def test_deferred_writes_run_in_order_inside_the_transaction(store: Store) -> None:
