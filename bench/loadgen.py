@@ -227,6 +227,7 @@ class Result:
     invalid: int = 0  # replies that failed verification or came too late
     slot_busy: int = 0  # open loop: a transaction could not start (its slot still busy)
     exhausted: bool = False  # closed loop ran out of pre-encoded transactions
+    rounds: int = 0  # closed loop: the most transactions any one slot started
     latencies: list[float] = field(default_factory=list)  # seconds, per request, in window
     loadgen_cpu: float = 0.0
     wall: float = 0.0
@@ -322,7 +323,12 @@ class LoadGenerator:
             slot.queue.clear()
         for i, txn in enumerate(txns):
             self.slots[i % n].queue.append(txn)
-        return self._run(Result("closed", duration), duration, None, txns)
+        planned = [len(slot.queue) for slot in self.slots]
+        res = self._run(Result("closed", duration), duration, None, txns)
+        res.rounds = max(
+            (p - len(slot.queue) for p, slot in zip(planned, self.slots, strict=True)), default=0
+        )
+        return res
 
     def open_loop(self, txns: list[Txn], rate: float, duration: float) -> Result:
         """Start transaction i at i / ``rate`` seconds, on slot i % slots."""
