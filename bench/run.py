@@ -68,10 +68,10 @@ SCENARIOS = ("auth", "calls", "mixed", "mixed-open")
 #: ``auth`` last).
 RUN_ORDER = ("calls", "mixed", "mixed-open", "auth")
 #: Requests in flight of the closed-loop scenarios. Each server's throughput depends on it, and
-#: not alike: FreeRADIUS (a thread per request, 32 at most) is at its best with few in flight and
+#: not alike: FreeRADIUS (a pool of at most 32 threads) is at its best with few in flight and
 #: begins to lose requests with hundreds; Prepaid AAA answers whatever has arrived as one batch,
 #: so its batches and its throughput grow with what is in flight. A server's figure is its best
-#: of these windows without loss: its capacity, not one point of its curve.
+#: clean run of these windows (see :func:`best`): its capacity, not one point of its curve.
 DEFAULT_WINDOWS = (64, 256)
 DESTINATION_PREFIX = "44"
 
