@@ -415,13 +415,9 @@ def table(rows: list[Row]) -> str:
     for row in rows:
         r = row.result
         wall = r.wall or 1.0
-        valid = r.accepted + r.rejected
-        if row.unit in ("call", "txn"):
-            ok = f"{r.calls_billed / max(valid, 1):.0%}"
-            if r.fail_accepted:
-                ok += f" ({r.fail_accepted} bad PINs accepted!)"
-        else:
-            ok = f"{r.accepted / max(valid, 1):.0%}"
+        ok = f"{ok_share(row):.0%}"
+        if r.fail_accepted:
+            ok += f" ({r.fail_accepted} bad PINs accepted!)"
         load = f"window {row.window}" if r.mode == "closed" else f"{row.rate:.0f} req/s"
         lost = f"{r.lost}" + (f"+{r.slot_busy}" if r.slot_busy else "")
         if r.sent:
@@ -462,15 +458,22 @@ def ok_share(row: Row) -> float:
     return done / valid if valid else 0.0
 
 
+def clean(row: Row) -> bool:
+    """Nothing lost, no wrong PIN accepted, at least 99 % ``ok``: a run whose valid PINs were
+    refused (say as in use, because the window is wider than the cards) measured cheap
+    refusals, and a lost request is not throughput (RFC 1242)."""
+    return row.result.lost == 0 and row.result.fail_accepted == 0 and ok_share(row) >= 0.99
+
+
 def best(rows: list[Row], server: str, scenario: str) -> Row | None:
-    """A server's figure for a closed-loop scenario: its highest throughput over the windows
-    run, among the clean runs (nothing lost, no wrong PIN accepted, at least 99 % ``ok``: a
-    run whose valid PINs were refused, say as in use because the window is wider than the
-    cards, measured cheap refusals), else among those that lost nothing, else of all."""
+    """A server's figure for a closed-loop scenario: its highest throughput among its clean
+    runs. Without one, the run nearest to clean (the most ``ok``, then the fewest lost), whose
+    throughput may be cheap refusals: the ratios then give no verdict."""
     runs = [row for row in rows if row.server == server and row.scenario == scenario]
-    lossless = [row for row in runs if row.result.lost == 0]
-    clean = [row for row in lossless if row.result.fail_accepted == 0 and ok_share(row) >= 0.99]
-    return max(clean or lossless or runs, key=lambda row: row.txn_rate, default=None)
+    clean_runs = [row for row in runs if clean(row)]
+    if clean_runs:
+        return max(clean_runs, key=lambda row: row.txn_rate)
+    return max(runs, key=lambda row: (ok_share(row), -row.result.lost, row.txn_rate), default=None)
 
 
 def ratios(rows: list[Row], rate: float) -> list[str]:
@@ -482,14 +485,16 @@ def ratios(rows: list[Row], rate: float) -> list[str]:
     ):
         ours, theirs = best(rows, "prepaid-aaa", scenario), best(rows, "freeradius", scenario)
         for row in (ours, theirs):
-            if row is not None and (row.result.lost or ok_share(row) < 0.99):
+            if row is not None and not clean(row):
                 out.append(
-                    f"  note: no clean {scenario} run of {row.server} (lost requests, or under "
-                    "99 % ok): its figure below is not a clean one"
+                    f"  note: no clean {scenario} run of {row.server} (lost requests, a wrong "
+                    "PIN accepted, or under 99 % ok): its figure below is not a clean one"
                 )
         if ours and theirs and theirs.txn_rate:
             ratio = ours.txn_rate / theirs.txn_rate
             verdict = "met" if ratio >= 1.5 or scenario == "mixed" else "MISSED"
+            if not (clean(ours) and clean(theirs)):
+                verdict = "(no verdict: not a clean figure)"
             target = " (target >= 1.5x)" if scenario != "mixed" else ""
             out.append(
                 f"{what}: Prepaid AAA {ours.txn_rate:.0f} (window {ours.window}) / FreeRADIUS "
@@ -498,12 +503,12 @@ def ratios(rows: list[Row], rate: float) -> list[str]:
             )
         elif ours:
             out.append(f"{what}: Prepaid AAA {ours.txn_rate:.0f} (window {ours.window})")
+        if scenario != "auth":
+            continue
         for row in rows:
-            if row.server != "prepaid-aaa" or row.scenario != "auth" or scenario != "auth":
-                continue
             r = row.result
             refused = r.rejected / max(r.accepted + r.rejected, 1)
-            if refused > 0.01:
+            if row.server == "prepaid-aaa" and row.scenario == "auth" and refused > 0.01:
                 out.append(
                     f"  note: {refused:.0%} of the authorizations at window {row.window} were "
                     "refused, most likely on cards still held by the scenario's own grants "
