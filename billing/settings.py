@@ -28,7 +28,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "pin_key_file": "",  # default: <state_dir>/pin.key, created on first use
         "log_format": "json",  # json (journald) or console
         "log_level": "info",
-        "threads": 8,  # worker threads: housekeeping, and batches if concurrent_batches > 0
+        "threads": 8,  # threads for housekeeping (the reaper, the NAS table's refresh)
         "nas_refresh_seconds": 10.0,  # how soon `prepaidctl nas add` reaches a running server
         "workers": 1,  # server processes sharing the ports (SO_REUSEPORT); > 1 needs Redis
         "spread": "datagram",  # how the kernel hands datagrams to workers: datagram or flow
@@ -57,7 +57,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "max_queue_seconds": 2.0,  # a request waiting longer for a worker is dropped (overload)
         "max_pending": 1000,  # requests waiting for a worker, at most; more are dropped
         "batch_size": 64,  # requests handled together (one transaction), at most
-        "concurrent_batches": 0,  # batches on worker threads at once; 0: on the reactor thread
+        "concurrent_batches": 1,  # batch threads: batches handled at once by a process
     },
     "billing": {
         "max_session_seconds": 10800,

@@ -77,10 +77,12 @@ class Running:
     server: RadiusServer
     metrics: Metrics
     pool: ThreadPool
+    batch_pool: ThreadPool
     db: Database
 
     def stop(self) -> None:
         self.pool.stop()
+        self.batch_pool.stop()
         self.db.dispose()
 
 
@@ -108,8 +110,8 @@ def start(settings: Settings, reactor: Any, worker: int = 0) -> Running:
     """
     if int(settings["radius"]["batch_size"]) < 1:
         raise ConfigError("[radius] batch_size must be at least 1")
-    if int(settings["radius"]["concurrent_batches"]) < 0:
-        raise ConfigError("[radius] concurrent_batches must be 0 (the reactor thread) or more")
+    if int(settings["radius"]["concurrent_batches"]) < 1:
+        raise ConfigError("[radius] concurrent_batches must be at least 1")
     check_spread(settings)
     if int(settings["server"]["workers"]) > 1 and not settings.redis_url:
         raise ConfigError("workers > 1 needs [redis] url: processes must share live state")
@@ -169,14 +171,17 @@ def start(settings: Settings, reactor: Any, worker: int = 0) -> Running:
         on_first_message_authenticator=remember_ma,
     )
     handler.status_text = lambda: "Prepaid AAA is up: " + metrics.summary()
-    server = RadiusServer(reactor, pool, handler, nas_table, local, metrics)
+    # The batches' own threads, always running: each keeps its database and Redis connections
+    # (and the statements prepared on them) from one batch to the next.
+    concurrent = int(radius["concurrent_batches"])
+    batch_pool = ThreadPool(minthreads=concurrent, maxthreads=concurrent, name="prepaid-batches")
+    batch_pool.start()
+    reactor.addSystemEventTrigger("during", "shutdown", batch_pool.stop)
+    server = RadiusServer(reactor, batch_pool, handler, nas_table, local, metrics)
     bind = str(radius["bind"])
     server.max_pending = int(radius["max_pending"])
     server.batch_size = int(radius["batch_size"])
-    server.concurrent_batches = int(radius["concurrent_batches"])
-    if shared is not None:
-        # What the last batch left waiting for the shared cache, when the server stops.
-        reactor.addSystemEventTrigger("before", "shutdown", shared.flush)
+    server.concurrent_batches = concurrent
     handler.clock = reactor.seconds
     handler.max_queue_seconds = float(radius["max_queue_seconds"])
     reuse = bool(settings["server"]["reuse_port"])
@@ -210,9 +215,12 @@ def start(settings: Settings, reactor: Any, worker: int = 0) -> Running:
         for listener in listening:
             listener.stopListening()
         pool.stop()  # or its threads keep the process alive after the error is reported
+        batch_pool.stop()
         db.dispose()
         raise
     auth_port, acct_port = listening
+    for listener in listening:
+        server.attach(listener)
 
     def refresh_nas() -> Any:
         d = deferToThreadPool(reactor, pool, store.load_nas_clients)
@@ -260,4 +268,4 @@ def start(settings: Settings, reactor: Any, worker: int = 0) -> Running:
         nas_clients=len(nas_table),
         config=settings.source,
     )
-    return Running(auth_port, acct_port, metrics_port, server, metrics, pool, db)
+    return Running(auth_port, acct_port, metrics_port, server, metrics, pool, batch_pool, db)

@@ -2,10 +2,10 @@
 
 On reading a datagram the reactor does only cheap work: find the NAS by source address, check
 the packet's structure, answer a retransmission from the reply cache, and queue the rest. The
-queue is taken up in batches (what arrived while the last batch ran; see :class:`RadiusServer`),
-on the reactor thread itself by default, or on worker threads: decoding, verification and all
-database and Redis work happen there, and the replies are sent from the reactor. A datagram is
-never answered twice concurrently: a copy that arrives while its original is being processed is
+queue is taken up in batches (what arrived while the last batch ran; see :class:`RadiusServer`)
+on the batch threads: decoding, verification and all database and Redis work happen there,
+never on the reactor thread, and the replies are sent from the reactor. A datagram is never
+answered twice concurrently: a copy that arrives while its original is being processed is
 dropped (the NAS will retransmit and get the cached reply).
 
 The outcome vocabulary is the one FreeRADIUS modules use: accept, reject, or drop. A drop sends
@@ -89,8 +89,8 @@ class Job:
     data: bytes
     cache_key: str
     arrival: float  # when the reactor read it
-    #: How long it may have waited in the socket's buffer before that: read just after a batch
-    #: that held the reactor (``concurrent_batches = 0``) for long, as long as that batch took.
+    #: How long it may have waited in the socket's buffer before that: read as the listeners
+    #: start reading again after the batch threads were all busy for long, as long as that was.
     unread: float = 0.0
 
 
@@ -109,8 +109,8 @@ class _Decoded:
 
 
 class Handler:
-    """Processes batches of datagrams (on the reactor thread, or a worker thread); returns a
-    reply, or why none, for each.
+    """Processes batches of datagrams (on a batch thread); returns a reply, or why none, for
+    each.
 
     A batch is whatever arrived while the previous ones were being processed (see
     :class:`RadiusServer`): one datagram at low load, dozens at high load. Its requests share
@@ -147,11 +147,7 @@ class Handler:
         self.status_text: Callable[[], str] = lambda: "Prepaid AAA is up"
         self.last_wait = 0.0  # how long the last batch taken up had waited for a thread
 
-    def handle_batch(self, jobs: list[Job], defer_replies: bool = False) -> list[JobResult]:
-        """``defer_replies`` (batches on the reactor thread): the shared cache's copies of the
-        replies go with the next batch's claims, or when the reactor finds nothing more to do
-        (:meth:`RadiusServer._run_here`), instead of in a round trip of their own before the
-        replies are sent. Not on a worker thread, whose next command may be long in coming."""
+    def handle_batch(self, jobs: list[Job]) -> list[JobResult]:
         results: list[JobResult | None] = [None] * len(jobs)
         now = self.clock()
         # The oldest: read by the reactor to shed load.
@@ -195,10 +191,7 @@ class Handler:
                         for d in decoded
                         if isinstance(out := results[d.index], Outcome)
                     ]
-                    if defer_replies:
-                        shared.reply_put_later(answered, self.reply_ttl)
-                    else:
-                        shared.reply_put_many(answered, self.reply_ttl)
+                    shared.reply_put_many(answered, self.reply_ttl)
         return [r if r is not None else Drop("internal-error") for r in results]
 
     def _claim(
@@ -329,36 +322,37 @@ class DropLog:
         return suppressed
 
 
-#: A reactor-thread batch that held the reactor this long marks the datagrams read just after
-#: it as having waited as long (see :class:`RadiusServer`); shorter ones do not matter.
+#: Batch threads all busy this long (a slow database, an unreachable Redis) mark the datagrams
+#: then waiting in the listeners' buffers as having waited as long (see :class:`RadiusServer`);
+#: shorter spells do not matter.
 BLOCKED_SECONDS = 0.1
+#: How many reads of each listener a stall's backlog is read out in, at most.
+MAX_READ_OUT = 64
 
 
 class RadiusServer:
     """The reactor-side controller shared by the authentication and accounting listeners.
 
     Datagrams that pass the cheap checks (known NAS, sound structure, not a retransmission)
-    queue here and are handled in batches of everything queued, up to ``batch_size``. At low
-    load a batch is one datagram, handled at once (no timer, no added latency); under load the
-    queue fills while a batch runs and batches grow, so the per-transaction and per-round-trip
-    costs are shared by many requests.
+    queue here and are handled in batches of everything queued, up to ``batch_size``, each
+    batch on one of ``concurrent_batches`` threads of their own (``pool``). At low load a batch
+    is one datagram, handled at once (no timer, no added latency); under load the queue fills
+    while a batch runs and batches grow, so the per-transaction and per-round-trip costs are
+    shared by many requests.
 
-    Where a batch runs is ``concurrent_batches``:
+    While every batch thread is busy the listeners stop reading: what arrives waits in the
+    socket's buffer in the kernel, and the reactor thread sleeps instead of taking the
+    interpreter's lock from the batch threads for every datagram. When a thread is free again
+    the listeners read on, and what waited is taken up in the next batch. In quick runs on the
+    benchmark machine with 64 requests in flight, a reactor that read on meanwhile cost the
+    server 0.17 ms of CPU per authorization and 0.50 ms per full call, against 0.15 and
+    0.44-0.46 ms with the listeners paused (docs/BENCHMARKS.md).
 
-    - ``0`` (the default): on the reactor thread, in the reactor's next pass after the
-      datagrams were read; the process handles one batch at a time, and what arrives meanwhile
-      waits in the socket's buffer in the kernel until the batch is answered. No thread
-      hand-off, no lock passed between threads: on the benchmark machine this cut the
-      server's CPU per request by about a third at saturation, and by a fifth to a quarter at
-      1,000 requests/s; the machine's other processes (one per CPU, and PostgreSQL) overlap
-      the waits.
-      A datagram read just after a batch that held the reactor for a long time (a slow
-      database) may have waited that long in the buffer: it is counted so, so the backlog a
-      stall leaves is shed, not answered after the NAS gave up on it.
-    - ``N >= 1``: on the worker threads, up to N batches at once; the reactor keeps reading,
-      answering retransmissions from the cache and shedding while they run. Two let one
-      batch's round trips overlap the other's Python work, at the price of a thread hand-off
-      each way and of the threads contending for the interpreter.
+    Blocking work never runs on the reactor thread: it stays free for the metrics, the timers
+    and the replies. When the threads were all busy for ``BLOCKED_SECONDS`` or more (a stalled
+    database), the listeners are read out at once, before anything else, and what they held
+    counts as having waited that long, so a stall's backlog is shed (``queue-timeout``) rather
+    than answered after the NAS gave up on it.
     """
 
     def __init__(
@@ -381,15 +375,20 @@ class RadiusServer:
         self._batches = 0  # batches running now
         self.max_pending = 1000  # requests queued for a batch, at most
         self.batch_size = 64
-        self.concurrent_batches = 0  # 0: on the reactor thread
+        self.concurrent_batches = 1  # batch threads
         self._drop_log = DropLog(reactor.seconds)
-        self._run_call: Any = None  # the reactor-thread batch (or flush) scheduled, if any
-        #: How long the last reactor-thread batch held the reactor, when that was long enough to
-        #: matter (``BLOCKED_SECONDS``), until the reactor's pass that reads what waited ends;
-        #: and how many such batches there have been.
+        self._dispatch_call: Any = None  # the dispatch scheduled, if any
+        self._listeners: list[Any] = []  # the ports the protocols read from
+        self._paused_at: float | None = None  # when the listeners stopped reading, if they have
+        #: While the listeners are read out after a stall: how long it lasted.
         self._blocked = 0.0
-        self._stalls = 0
+        self._received = 0  # datagrams read
         self.monotonic: Callable[[], float] = time.monotonic
+
+    def attach(self, listener: Any) -> None:
+        """A listening port (IListeningPort with ``stopReading``, ``startReading`` and
+        ``doRead``) whose protocol feeds this server; paused with the others."""
+        self._listeners.append(listener)
 
     def drop(self, kind: str, reason: str, addr: tuple[str, int], **fields: Any) -> None:
         self.metrics.drops.labels(reason).inc()
@@ -420,6 +419,7 @@ class RadiusServer:
         return kind == AUTH and self.handler.last_wait > self.handler.max_queue_seconds / 2
 
     def received(self, transport: Any, kind: str, data: bytes, addr: tuple[str, int]) -> None:
+        self._received += 1
         arrival = self.reactor.seconds()
         started = time.perf_counter()
         nas = self.nas_table.lookup(addr[0])
@@ -456,11 +456,13 @@ class RadiusServer:
         return batch
 
     def _pump(self) -> None:
-        """Start a batch of what is queued while a batch slot is free."""
-        if self.concurrent_batches == 0:
-            if self._queue and self._run_call is None:
-                self._run_call = self.reactor.callLater(0, self._run_here)
-            return
+        """Start a batch of what is queued, in the reactor's next pass: after the reads of this
+        one, so that what they bring goes in the same batch."""
+        if self._queue and self._dispatch_call is None and self._batches < self.concurrent_batches:
+            self._dispatch_call = self.reactor.callLater(0, self._dispatch)
+
+    def _dispatch(self) -> None:
+        self._dispatch_call = None
         while self._queue and self._batches < self.concurrent_batches:
             batch = self._take()
             d = deferToThreadPool(
@@ -468,42 +470,30 @@ class RadiusServer:
             )
             d.addCallbacks(self._answer, self._failed, (batch,), {}, (batch,), {})
             d.addBoth(self._batch_done, batch)
+        if self._batches >= self.concurrent_batches and self._paused_at is None:
+            self._paused_at = self.monotonic()
+            for listener in self._listeners:
+                listener.stopReading()
 
-    def _run_here(self) -> None:
-        """One batch on the reactor thread (``concurrent_batches = 0``).
-
-        After each batch this runs once more, in the reactor's next pass: if that pass read
-        requests, their batch takes the replies' shared copies along with its claims; if not,
-        the copies go now (a pass that reads nothing is the reactor's idle moment)."""
-        self._run_call = None
-        if not self._queue:
-            if self.handler.shared_replies is not None:
-                self.handler.shared_replies.flush()
-            return
-        batch = self._take()
-        began = self.monotonic()
-        try:
+    def _resume(self) -> None:
+        """A batch thread is free: read again. After a long spell of busy threads, first read
+        out what waited meanwhile, counting it as having waited that long."""
+        assert self._paused_at is not None
+        held = self.monotonic() - self._paused_at
+        self._paused_at = None
+        if held >= BLOCKED_SECONDS:
+            self._blocked = held
             try:
-                results = self.handler.handle_batch([b[0] for b in batch], defer_replies=True)
-            except Exception:
-                self._failed(Failure(), batch)
-            else:
-                self._answer(results, batch)
-        finally:
-            held = self.monotonic() - began
-            if held >= BLOCKED_SECONDS:
-                self._blocked = held
-                self._stalls += 1
-                # This runs as a delayed call; one scheduled now runs in the reactor's next
-                # pass of delayed calls, after the pass of reads that takes up what waited.
-                self.reactor.callLater(0, self._unblock, self._stalls)
-            self._batch_done(None, batch)
-            if self.handler.shared_replies is not None and self._run_call is None:
-                self._run_call = self.reactor.callLater(0, self._run_here)
-
-    def _unblock(self, stalls: int) -> None:
-        if stalls == self._stalls:  # no batch held the reactor long since
-            self._blocked = 0.0
+                for _ in range(MAX_READ_OUT):  # each read takes up to 256 KiB (Twisted's)
+                    before = self._received
+                    for listener in self._listeners:
+                        listener.doRead()
+                    if self._received == before:
+                        break
+            finally:
+                self._blocked = 0.0
+        for listener in self._listeners:
+            listener.startReading()
 
     def _answer(self, results: list[JobResult], batch: list[Any]) -> None:
         for (job, transport, addr, ident, started), result in zip(batch, results, strict=True):
@@ -560,7 +550,10 @@ class RadiusServer:
         self._batches -= 1
         for job, *_ in batch:
             self._in_flight.discard(job.cache_key)
-        self._pump()
+        if self._queue:
+            self._dispatch()  # what was read already goes first, without waiting for a pass
+        if self._batches < self.concurrent_batches and self._paused_at is not None:
+            self._resume()
 
 
 class RadiusProtocol(DatagramProtocol):

@@ -70,15 +70,6 @@ class LiveState(Protocol):
         """:meth:`reply_put` for a batch, in one round trip."""
         ...
 
-    def reply_put_later(self, replies: list[tuple[str, bytes]], ttl_seconds: float) -> None:
-        """:meth:`reply_put_many`, sent with this thread's next command, or by :meth:`flush`:
-        no round trip of its own when another follows soon."""
-        ...
-
-    def flush(self) -> None:
-        """Send what :meth:`reply_put_later` left waiting on this thread."""
-        ...
-
     def reply_release_many(self, keys: list[str]) -> None:
         """:meth:`reply_release` for a batch."""
         ...
@@ -194,11 +185,6 @@ class InProcessLiveState:
         for key, data in replies:
             self.reply_put(key, data, ttl_seconds)
 
-    reply_put_later = reply_put_many  # nothing to save: no round trip here
-
-    def flush(self) -> None:
-        pass
-
     def reply_release_many(self, keys: list[str]) -> None:
         for key in keys:
             self.reply_release(key)
@@ -243,20 +229,12 @@ class RedisLiveState:
         largest share of a batch's Redis work; hiredis parses the replies too.
         Replies are Redis's own (``b"OK"``, ``None``, integers, bytes). On any error the
         connection is closed, so no reply is left unread; the next command reconnects.
-        What :meth:`reply_put_later` left waiting on this thread goes first, in the same write;
-        its replies are read and dropped (an error among them fails the call, as its own would).
         """
         conn = getattr(self._threads, "conn", None)
         if conn is None:
             conn = self._threads.conn = self._redis.connection_pool.get_connection()
-        later: list[bytes] = getattr(self._threads, "later", None) or []
-        self._threads.later = []
         try:
-            conn.send_packed_command(
-                [b"".join(later + [hiredis.pack_command(c) for c in commands])]
-            )
-            for _ in later:
-                conn.read_response()
+            conn.send_packed_command([b"".join([hiredis.pack_command(c) for c in commands])])
             return [conn.read_response() for _ in commands]
         except BaseException:
             conn.disconnect()
@@ -323,20 +301,6 @@ class RedisLiveState:
         if replies:
             self._run(*self._puts(replies, ttl_seconds))
 
-    def reply_put_later(self, replies: list[tuple[str, bytes]], ttl_seconds: float) -> None:
-        """The replies wait on this thread until its next command (the next batch's claims)
-        or :meth:`flush`. Until then another process that gets a retransmission finds the
-        request still in flight and drops it; the NAS's next try finds the reply."""
-        if replies:
-            later = getattr(self._threads, "later", None)
-            if later is None:
-                later = self._threads.later = []
-            later += [hiredis.pack_command(c) for c in self._puts(replies, ttl_seconds)]
-
-    def flush(self) -> None:
-        if getattr(self._threads, "later", None):
-            self._run()
-
     def reply_release(self, key: str) -> None:
         self.reply_release_many([key])
 
@@ -398,7 +362,7 @@ class FallbackLiveState:
     After a failure the process leaves Redis alone for ``retry_seconds``, then tries again. A
     Redis that refuses connections fails at once, but one that does not answer at all (a host
     gone, a partition) costs its socket timeout (0.5 s) per call: a batch makes two calls, and
-    with batches on the reactor thread every request of the process would wait for both.
+    every request of the process queued behind the batch would wait for both.
     """
 
     def __init__(
@@ -457,12 +421,6 @@ class FallbackLiveState:
 
     def reply_put_many(self, replies: list[tuple[str, bytes]], ttl_seconds: float) -> None:
         self._call("reply_put_many", replies, ttl_seconds)
-
-    def reply_put_later(self, replies: list[tuple[str, bytes]], ttl_seconds: float) -> None:
-        self._call("reply_put_later", replies, ttl_seconds)
-
-    def flush(self) -> None:
-        self._call("flush")
 
     def reply_release_many(self, keys: list[str]) -> None:
         self._call("reply_release_many", keys)
