@@ -58,6 +58,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "max_pending": 1000,  # requests waiting for a worker, at most; more are dropped
         "batch_size": 64,  # requests handled together (one transaction), at most
         "concurrent_batches": 1,  # batch threads: batches handled at once by a process
+        "receive_buffer": 4194304,  # bytes of each listener's buffer (SO_RCVBUF); 0: the kernel's
     },
     "billing": {
         "max_session_seconds": 10800,

@@ -26,6 +26,7 @@ from radiusd.metrics import Metrics
 from radiusd.nas import NasTable
 from radiusd.reuseport import spread_per_datagram
 from radiusd.server import ACCT, AUTH, Handler, RadiusProtocol, RadiusServer
+from radiusd.sockets import SocketCollector, set_receive_buffer
 from radiusd.workers import check_spread
 
 log = structlog.get_logger("radiusd")
@@ -112,6 +113,8 @@ def start(settings: Settings, reactor: Any, worker: int = 0) -> Running:
         raise ConfigError("[radius] batch_size must be at least 1")
     if int(settings["radius"]["concurrent_batches"]) < 1:
         raise ConfigError("[radius] concurrent_batches must be at least 1")
+    if int(settings["radius"]["receive_buffer"]) < 0:
+        raise ConfigError("[radius] receive_buffer must be 0 (the kernel's default) or more")
     check_spread(settings)
     if int(settings["server"]["workers"]) > 1 and not settings.redis_url:
         raise ConfigError("workers > 1 needs [redis] url: processes must share live state")
@@ -221,6 +224,17 @@ def start(settings: Settings, reactor: Any, worker: int = 0) -> Running:
     auth_port, acct_port = listening
     for listener in listening:
         server.attach(listener)
+    # What waits while the batch threads are busy waits in these buffers (radiusd.sockets).
+    asked = int(radius["receive_buffer"])
+    granted = min(set_receive_buffer(listener.socket, asked) for listener in listening)
+    if granted < asked:
+        log.warning(
+            "server.receive_buffer_capped",
+            asked=asked,
+            granted=granted,
+            hint="the kernel caps it at net.core.rmem_max; see docs/DEPLOYMENT.md",
+        )
+    metrics.registry.register(SocketCollector({AUTH: auth_port.socket, ACCT: acct_port.socket}))
 
     def refresh_nas() -> Any:
         d = deferToThreadPool(reactor, pool, store.load_nas_clients)
@@ -263,6 +277,7 @@ def start(settings: Settings, reactor: Any, worker: int = 0) -> Running:
         auth_port=auth_port.getHost().port,
         acct_port=acct_port.getHost().port,
         metrics_port=metrics_port.getHost().port if metrics_port else None,
+        receive_buffer=granted,
         database=db.engine.dialect.name,
         live_state="redis" if settings.redis_url else "in-process",
         nas_clients=len(nas_table),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from pyrad import packet as rp
@@ -83,6 +84,10 @@ def test_metrics_endpoint_counts_requests_and_drops(
     assert 'prepaid_radius_requests_total{kind="auth",result="accept"}' in body
     assert 'prepaid_radius_requests_total{kind="acct",result="ack"}' in body
     assert 'prepaid_radius_drops_total{reason="short-packet"}' in body
+    # The kernel's own count at the listeners' sockets: nothing overflowed their buffers.
+    assert 'prepaid_radius_socket_drops_total{listener="auth"} 0.0' in body
+    assert 'prepaid_radius_socket_drops_total{listener="acct"} 0.0' in body
+    assert 'prepaid_radius_socket_queued_bytes{listener="auth"}' in body
     assert "prepaid_radius_latency_seconds_bucket" in body
     assert "process_resident_memory_bytes" in body and "python_gc_collections_total" in body
     # Start-up objects are out of the collector's full passes (a 50 ms pause each, otherwise).
@@ -124,6 +129,11 @@ def test_server_exits_with_a_clear_error_when_its_port_is_taken(deployment: Depl
     [
         ("BATCH_SIZE", "0", "error: [radius] batch_size must be at least 1"),
         ("CONCURRENT_BATCHES", "0", "error: [radius] concurrent_batches must be at least 1"),
+        (
+            "RECEIVE_BUFFER",
+            "-1",
+            "error: [radius] receive_buffer must be 0 (the kernel's default) or more",
+        ),
     ],
 )
 def test_server_refuses_batch_settings_it_cannot_run(
@@ -174,3 +184,18 @@ def test_a_burst_is_answered_in_batches_each_request_on_its_own(
     )
     assert requests == 60
     assert batches < requests
+
+
+def test_listeners_get_the_receive_buffer_asked_for_up_to_the_kernels_cap(
+    deployment: Deployment,
+) -> None:
+    """While the batch thread is busy, requests wait in these buffers (radiusd.sockets)."""
+    cap = int(Path("/proc/sys/net/core/rmem_max").read_text())
+    server = deployment.start_server(PREPAID_RADIUS_RECEIVE_BUFFER=str(cap // 2))
+    assert server.wait_for("server.listening")["receive_buffer"] == cap // 2
+    assert not server.events("server.receive_buffer_capped")
+    server.stop()
+    server = deployment.start_server(PREPAID_RADIUS_RECEIVE_BUFFER=str(cap * 2))
+    assert server.wait_for("server.listening")["receive_buffer"] == cap
+    capped = server.wait_for("server.receive_buffer_capped")
+    assert capped["asked"] == cap * 2 and capped["granted"] == cap
