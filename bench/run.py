@@ -618,6 +618,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.nas_sockets < 1:
         print("error: --nas-sockets must be at least 1", file=sys.stderr)
         return 2
+    if args.profile and not py_spy():
+        print("error: --profile needs py-spy (pip install py-spy)", file=sys.stderr)
+        return 2
     windows = sorted(set(args.window or DEFAULT_WINDOWS))
     if windows[0] < 1:
         print("error: --window must be at least 1", file=sys.stderr)
@@ -917,9 +920,16 @@ def main(argv: list[str] | None = None) -> int:
         admin.close()
 
 
+def py_spy() -> str | None:
+    """py-spy's path: on the PATH, or beside this Python; None when it is not installed."""
+    local = BIN / "py-spy"
+    return shutil.which("py-spy") or (str(local) if local.exists() else None)
+
+
 def start_profiler(path: str, pid: int, plan: Plan, gil: bool) -> subprocess.Popen:
     """py-spy on the server; with ``gil`` only samples holding the GIL (Python CPU time)."""
-    spy = shutil.which("py-spy") or str(BIN / "py-spy")
+    spy = py_spy()
+    assert spy is not None  # checked before the run (main)
     seconds = int(plan.warmup + plan.duration)
     fmt = "flamegraph" if path.endswith(".svg") else "raw"
     return subprocess.Popen(  # noqa: S603 - our own commands
