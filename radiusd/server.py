@@ -191,7 +191,11 @@ class Handler:
                         for d in decoded
                         if isinstance(out := results[d.index], Outcome)
                     ]
-                    shared.reply_put_many(answered, self.reply_ttl)
+                    # Their copies go with the next batch's claims, or when the server finds
+                    # nothing more to do (RadiusServer._batch_done), after the replies: a
+                    # round trip of their own before the replies cost a batch thread about a
+                    # tenth of its time.
+                    shared.reply_put_later(answered, self.reply_ttl)
         return [r if r is not None else Drop("internal-error") for r in results]
 
     def _claim(
@@ -560,6 +564,11 @@ class RadiusServer:
         self._dispatch()
         if self._paused_at is not None and self._batches < self.concurrent_batches:
             self._resume()
+        shared = self.handler.shared_replies
+        if shared is not None and not self._batches:
+            # Nothing more to do: the replies' shared copies go now, on a batch thread.
+            d = deferToThreadPool(self.reactor, self.pool, shared.flush)
+            d.addErrback(lambda f: log.warning("redis.flush_failed", error=str(f.value)))
 
 
 class RadiusProtocol(DatagramProtocol):

@@ -70,6 +70,15 @@ class LiveState(Protocol):
         """:meth:`reply_put` for a batch, in one round trip."""
         ...
 
+    def reply_put_later(self, replies: list[tuple[str, bytes]], ttl_seconds: float) -> None:
+        """:meth:`reply_put_many`, sent with the process's next command (on any thread), or by
+        :meth:`flush`: no round trip of its own when another follows soon."""
+        ...
+
+    def flush(self) -> None:
+        """Send what :meth:`reply_put_later` left waiting."""
+        ...
+
     def reply_release_many(self, keys: list[str]) -> None:
         """:meth:`reply_release` for a batch."""
         ...
@@ -185,6 +194,11 @@ class InProcessLiveState:
         for key, data in replies:
             self.reply_put(key, data, ttl_seconds)
 
+    reply_put_later = reply_put_many  # nothing to save: no round trip here
+
+    def flush(self) -> None:
+        pass
+
     def reply_release_many(self, keys: list[str]) -> None:
         for key in keys:
             self.reply_release(key)
@@ -218,6 +232,8 @@ class RedisLiveState:
             self._redis = redis.Redis.from_url(url, health_check_interval=30, **options)
         self._prefix = prefix
         self._threads = threading.local()
+        self._later: list[bytes] = []  # the replies' copies waiting for the next command
+        self._later_lock = threading.Lock()
 
     def _run(self, *commands: tuple[Any, ...]) -> list[Any]:
         """Send ``commands`` in one write on this thread's connection and read their replies.
@@ -229,12 +245,20 @@ class RedisLiveState:
         largest share of a batch's Redis work; hiredis parses the replies too.
         Replies are Redis's own (``b"OK"``, ``None``, integers, bytes). On any error the
         connection is closed, so no reply is left unread; the next command reconnects.
+        What :meth:`reply_put_later` left waiting (on any thread) goes first, in the same write;
+        its replies are read and dropped (an error among them fails the call, as its own would).
         """
         conn = getattr(self._threads, "conn", None)
         if conn is None:
             conn = self._threads.conn = self._redis.connection_pool.get_connection()
+        with self._later_lock:
+            later, self._later = self._later, []
         try:
-            conn.send_packed_command([b"".join([hiredis.pack_command(c) for c in commands])])
+            conn.send_packed_command(
+                [b"".join(later + [hiredis.pack_command(c) for c in commands])]
+            )
+            for _ in later:
+                conn.read_response()
             return [conn.read_response() for _ in commands]
         except BaseException:
             conn.disconnect()
@@ -300,6 +324,20 @@ class RedisLiveState:
     def reply_put_many(self, replies: list[tuple[str, bytes]], ttl_seconds: float) -> None:
         if replies:
             self._run(*self._puts(replies, ttl_seconds))
+
+    def reply_put_later(self, replies: list[tuple[str, bytes]], ttl_seconds: float) -> None:
+        """The replies wait until the process's next command (the next batch's claims, on
+        whichever thread) or :meth:`flush`. Until then another process that gets a
+        retransmission finds the request still in flight and drops it; the NAS's next try
+        finds the reply."""
+        if replies:
+            packed = [hiredis.pack_command(c) for c in self._puts(replies, ttl_seconds)]
+            with self._later_lock:
+                self._later += packed
+
+    def flush(self) -> None:
+        if self._later:
+            self._run()
 
     def reply_release(self, key: str) -> None:
         self.reply_release_many([key])
@@ -421,6 +459,12 @@ class FallbackLiveState:
 
     def reply_put_many(self, replies: list[tuple[str, bytes]], ttl_seconds: float) -> None:
         self._call("reply_put_many", replies, ttl_seconds)
+
+    def reply_put_later(self, replies: list[tuple[str, bytes]], ttl_seconds: float) -> None:
+        self._call("reply_put_later", replies, ttl_seconds)
+
+    def flush(self) -> None:
+        self._call("flush")
 
     def reply_release_many(self, keys: list[str]) -> None:
         self._call("reply_release_many", keys)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
 
 import pytest
@@ -118,3 +119,38 @@ def test_a_dropped_connection_fails_one_call_and_the_next_reconnects(
     state.reply_put("d", b"\x02reply", 5)  # a fresh connection, nothing left half-read
     assert state.reply_claim("d", 5) == (False, b"\x02reply")
     assert state.claim_many([("e", ("nas:1",), "ani:1")], 5) == [((True, None), (False, False))]
+
+
+def test_replies_put_later_go_with_the_next_command_or_a_flush(
+    state: RedisLiveState, redis_url: str
+) -> None:
+    other = RedisLiveState(redis_url, state._prefix)  # another server process
+    client = redis.Redis.from_url(redis_url)
+    for key in ("a", "b", "c"):
+        assert state.reply_claim(key, 5) == (True, None)
+    state.reply_put_later([("a", b"\x02a"), ("b", b"\x02b")], 5)
+    assert other.reply_claim("a", 5) == (False, None)  # still in flight, as far as others see
+    # The next batch's claims carry them: its own results are not mixed up with theirs.
+    results = state.claim_many([("d", None, None), ("a", None, None)], 5)
+    assert results == [((True, None), None), ((False, b"\x02a"), None)]
+    assert other.reply_get("b") == b"\x02b"
+    assert 0 < client.pttl(f"{state._prefix}reply:b") <= 5000
+    state.reply_put_later([("c", b"\x02c")], 5)
+    assert other.reply_get("c") is None
+    state.flush()
+    assert other.reply_get("c") == b"\x02c"
+    state.flush()  # nothing waits: the connection stays in step for the next command
+    assert state.reply_get("c") == b"\x02c"
+
+
+def test_replies_put_later_on_one_thread_go_with_a_command_on_another(
+    state: RedisLiveState, redis_url: str
+) -> None:
+    other = RedisLiveState(redis_url, state._prefix)  # another server process
+    assert state.reply_claim("t", 5) == (True, None)
+    batch_thread = threading.Thread(target=state.reply_put_later, args=([("t", b"\x02t")], 5))
+    batch_thread.start()
+    batch_thread.join()
+    assert other.reply_get("t") is None
+    state.flush()  # on this thread: what the other one left goes too
+    assert other.reply_get("t") == b"\x02t"

@@ -286,3 +286,30 @@ def test_with_two_threads_reading_stops_only_when_both_are_busy() -> None:
     t.pool.finish()
     assert sorted(t.sent()) == [1, 2, 3] and t.batches() == [[1], [2], [3]]
     assert t.listener.reading
+
+
+class Shared:
+    """The shared reply cache's flush: on which side it ran, and how many replies had been sent
+    by then."""
+
+    def __init__(self, transport: Transport) -> None:
+        self.transport = transport
+        self.flushes: list[int] = []
+
+    def flush(self) -> None:
+        self.flushes.append(len(self.transport.sent))
+
+
+def test_the_shared_copies_go_with_the_next_batch_or_after_the_replies_on_the_thread() -> None:
+    t = Setup()
+    shared = t.handler.shared_replies = Shared(t.transport)
+    t.arrive(1)
+    t.reactor.run_pass()
+    t.reactor.run_pass()
+    t.arrive(2)  # waits while 1 is handled: its batch's claims will carry 1's copies
+    t.pool.finish()
+    assert t.sent() == [1] and shared.flushes == [] and len(t.pool.waiting) == 1
+    t.pool.finish()  # nothing waited behind 2: its copies go on their own, after its reply
+    assert t.sent() == [1, 2] and shared.flushes == [] and len(t.pool.waiting) == 1
+    t.pool.finish()  # the flush, on the batch thread
+    assert shared.flushes == [2] and t.pool.waiting == []
