@@ -98,6 +98,9 @@ class Pool:
     def callInThreadWithCallback(self, on_result: Any, f: Any, *args: Any) -> None:  # noqa: N802
         self.waiting.append((on_result, f, args))
 
+    def callInThread(self, f: Any, *args: Any) -> None:  # noqa: N802
+        self.waiting.append((lambda ok, result: None, f, args))
+
     def finish(self) -> None:
         on_result, f, args = self.waiting.pop(0)
         try:
@@ -313,3 +316,27 @@ def test_the_shared_copies_go_with_the_next_batch_or_after_the_replies_on_the_th
     assert t.sent() == [1, 2] and shared.flushes == [] and len(t.pool.waiting) == 1
     t.pool.finish()  # the flush, on the batch thread
     assert shared.flushes == [2] and t.pool.waiting == []
+
+
+def test_a_flush_that_fails_is_logged_and_the_next_batch_goes_on() -> None:
+    from structlog.testing import capture_logs
+
+    t = Setup()
+
+    class Broken:
+        def flush(self) -> None:
+            raise RuntimeError("no route to Redis")
+
+    t.handler.shared_replies = Broken()
+    t.arrive(1)
+    t.reactor.run_pass()
+    t.reactor.run_pass()
+    t.pool.finish()
+    with capture_logs() as logs:
+        t.pool.finish()  # the flush
+    assert [(e["event"], e["error"]) for e in logs] == [("redis.flush_failed", "no route to Redis")]
+    t.arrive(2)
+    t.reactor.run_pass()
+    t.reactor.run_pass()
+    t.pool.finish()
+    assert t.sent() == [1, 2]
