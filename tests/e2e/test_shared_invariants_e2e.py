@@ -48,8 +48,7 @@ def pair(
     dep.ctl("db", "upgrade")
     dep.add_nas("gw1", profile="cisco")
     dep.add_rates()
-    # One of each way of running batches: on the reactor thread (the default), and on two
-    # worker threads at once.
+    # One batch thread (the default) in one instance, two batch threads in the other.
     a = dep.start_server()
     b = dep.start_server(PREPAID_RADIUS_CONCURRENT_BATCHES="2")
     try:
