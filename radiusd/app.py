@@ -185,11 +185,12 @@ def start(settings: Settings, reactor: Any, worker: int = 0) -> Running:
     server.max_pending = int(radius["max_pending"])
     server.batch_size = int(radius["batch_size"])
     server.concurrent_batches = concurrent
-    if shared is not None:
-        # What the last batch left waiting for the shared cache, when the server stops.
-        reactor.addSystemEventTrigger(
-            "before", "shutdown", lambda: deferToThreadPool(reactor, batch_pool, shared.flush)
-        )
+    # What the last batch left waiting for the shared cache, when the server stops.
+    reactor.addSystemEventTrigger(
+        "before",
+        "shutdown",
+        lambda: deferToThreadPool(reactor, batch_pool, server.flush_shared_replies),
+    )
     handler.clock = reactor.seconds
     handler.max_queue_seconds = float(radius["max_queue_seconds"])
     reuse = bool(settings["server"]["reuse_port"])

@@ -559,18 +559,22 @@ class RadiusServer:
         self._batches -= 1
         for job, *_ in batch:
             self._in_flight.discard(job.cache_key)
-        if self._paused_at is not None and not self._queue:
-            self._resume()
-        self._dispatch()
+        if self._queue:
+            self._dispatch()  # what was read already goes first; reading stays paused if full
         if self._paused_at is not None and self._batches < self.concurrent_batches:
             self._resume()
+            self._dispatch()
         if self.handler.shared_replies is not None and not self._batches:
             # Nothing more to do: the replies' shared copies go now, on a batch thread, which
             # need not tell the reactor when it is done.
-            self.pool.callInThread(self._flush)
+            self.pool.callInThread(self.flush_shared_replies)
 
-    def _flush(self) -> None:
-        assert self.handler.shared_replies is not None
+    def flush_shared_replies(self) -> None:
+        """On a batch thread: send the replies' copies still waiting for the shared cache
+        (when nothing more is to be done, and when the server stops). A failure is logged:
+        the copies are a courtesy to other processes, and their claims expire."""
+        if self.handler.shared_replies is None:
+            return
         try:
             self.handler.shared_replies.flush()
         except Exception as exc:  # noqa: BLE001 - Redis's own errors are the fallback's

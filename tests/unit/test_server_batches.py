@@ -14,6 +14,7 @@ import struct
 from typing import Any
 
 from billing.calls import Nas
+from billing.settings import load_settings
 from billing.storage.live import InProcessLiveState
 from radiusd.metrics import Metrics
 from radiusd.nas import NasTable
@@ -178,7 +179,9 @@ class Setup:
 
 
 def test_the_default_is_one_batch_thread() -> None:
-    assert Setup().server.concurrent_batches == 1  # the constructor's; settings say the same
+    # What a server with no configuration file runs (and the constructor's own default).
+    assert load_settings(None, environ={})["radius"]["concurrent_batches"] == 1
+    assert Setup().server.concurrent_batches == 1
 
 
 def test_what_arrives_while_the_thread_is_busy_waits_in_the_buffer_and_is_the_next_batch() -> None:
